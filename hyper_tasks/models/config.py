@@ -1,0 +1,107 @@
+"""T5 backbone configuration: one frozen dataclass, passed whole, plus named presets.
+
+Variants follow the public checkpoints:
+  * ``t5``       original T5: ReLU MLP, tied input/output embeddings (logits scaled by
+                 ``d_model ** -0.5`` as in Mesh TensorFlow / t5x).
+  * ``t5_1_1``   T5.1.1 and T5-LM-adapt: gated-GELU MLP, untied ``logits_dense``.
+  * ``mt5``      mT5: as T5.1.1 with a 250k vocabulary.
+  * ``flan_t5``  Flan-T5: T5.1.1 architecture (the difference is in the weights).
+
+Sizes are the published ones; ``tiny`` is a CPU-test size.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Architecture of a T5 encoder-decoder."""
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_heads: int = 8
+  d_kv: int = 64
+  d_ff: int = 2048
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  # "relu" (original T5) or "gated-gelu" (T5.1.1) or "gated-relu"/"gelu".
+  feed_forward_proj: str = "gated-gelu"
+  tie_word_embeddings: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dropout_rate: float = 0.1
+  # Computation dtype; parameters always stay float32.
+  dtype: Any = jnp.float32
+  pad_id: int = 0
+  eos_id: int = 1
+  decoder_start_id: int = 0
+
+  @property
+  def inner_dim(self) -> int:
+    return self.num_heads * self.d_kv
+
+  @property
+  def is_gated(self) -> bool:
+    return self.feed_forward_proj.startswith("gated")
+
+  @property
+  def activation(self) -> str:
+    return self.feed_forward_proj.split("-")[-1]
+
+  def replace(self, **kwargs) -> "T5Config":
+    return dataclasses.replace(self, **kwargs)
+
+
+# (d_model, num_heads, d_kv, d_ff, layers) per size and family.
+_T5_SIZES = {
+    "tiny": (32, 4, 8, 64, 2),
+    "small": (512, 8, 64, 2048, 6),
+    "base": (768, 12, 64, 3072, 12),
+    "large": (1024, 16, 64, 4096, 24),
+    "xl": (1024, 32, 128, 16384, 24),
+    "xxl": (1024, 128, 128, 65536, 24),
+}
+_T5_1_1_SIZES = {
+    "tiny": (32, 4, 8, 64, 2),
+    "small": (512, 6, 64, 1024, 8),
+    "base": (768, 12, 64, 2048, 12),
+    "large": (1024, 16, 64, 2816, 24),
+    "xl": (2048, 32, 64, 5120, 24),
+    "xxl": (4096, 64, 64, 10240, 24),
+}
+_VARIANTS = {
+    "t5": dict(feed_forward_proj="relu", tie_word_embeddings=True,
+               vocab_size=32128),
+    "t5_1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                   vocab_size=32128),
+    "mt5": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                vocab_size=250112),
+    "flan_t5": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                    vocab_size=32128),
+}
+SIZES = tuple(_T5_SIZES)
+VARIANTS = tuple(_VARIANTS)
+
+
+def preset(variant: str = "t5_1_1", size: str = "base", **overrides) -> T5Config:
+  """A named configuration, e.g. ``preset("t5_1_1", "base")``.
+
+  Raises:
+    ValueError: naming the unknown variant or size.
+  """
+  if variant not in _VARIANTS:
+    raise ValueError(f"Unknown T5 variant {variant!r}; choose from {VARIANTS}.")
+  table = _T5_SIZES if variant == "t5" else _T5_1_1_SIZES
+  if size not in table:
+    raise ValueError(f"Unknown T5 size {size!r}; choose from {SIZES}.")
+  d_model, heads, d_kv, d_ff, layers = table[size]
+  kwargs = dict(_VARIANTS[variant], d_model=d_model, num_heads=heads, d_kv=d_kv,
+                d_ff=d_ff, num_encoder_layers=layers, num_decoder_layers=layers)
+  if size == "tiny":
+    kwargs["vocab_size"] = 512
+  kwargs.update(overrides)
+  return T5Config(**kwargs)
