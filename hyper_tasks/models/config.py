@@ -12,7 +12,7 @@ Sizes are the published ones; ``tiny`` is a CPU-test size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax.numpy as jnp
 
@@ -30,6 +30,10 @@ class T5Config:
   # "relu" (original T5) or "gated-gelu" (T5.1.1) or "gated-relu"/"gelu".
   feed_forward_proj: str = "gated-gelu"
   tie_word_embeddings: bool = False
+  # Multiply decoder outputs by d_model ** -0.5 before the vocabulary projection.
+  # None: as the reference does, exactly when embeddings are tied. (transformers 5
+  # decouples the two: its from-scratch T5.1.1 configs tie but do not scale.)
+  scale_decoder_outputs: Optional[bool] = None
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
@@ -43,6 +47,12 @@ class T5Config:
   @property
   def inner_dim(self) -> int:
     return self.num_heads * self.d_kv
+
+  @property
+  def scales_logits(self) -> bool:
+    if self.scale_decoder_outputs is None:
+      return self.tie_word_embeddings
+    return self.scale_decoder_outputs
 
   @property
   def is_gated(self) -> bool:

@@ -1,0 +1,247 @@
+"""Read t5x checkpoints (msgpack + tensorstore) into flat parameter dicts.
+
+A t5x checkpoint is one msgpack file, ``checkpoint``, written with
+``flax.serialization.to_bytes({'version': 3, 'optimizer': state_dict})``:
+
+    optimizer/target/<param path>                           parameters
+    optimizer/state/step                                    int32 []
+    optimizer/state/param_states/<param path>/{v_row,v_col,v,m}   Adafactor
+
+Small or unpartitioned arrays sit inline (flax's msgpack ext type for ndarrays,
+decoded by ``flax.serialization.msgpack_restore``). Partitioned arrays were written to
+zarr stores by tensorstore, one per array, in directories beside the file named after
+the path with '.' for '/' (``target.decoder.layers_0.mlp.wi_0.kernel``); the msgpack
+holds that store's tensorstore spec as a dict (keys ``driver``, ``kvstore``,
+``metadata``, often ``dtype``) whose path is *relative* to the checkpoint directory.
+Older specs keep the path at the top level; checkpoints written to GCS use the
+``gcs`` kvstore driver with a dummy bucket. :func:`load_t5x_checkpoint` rewrites such
+specs to local ``file`` specs under the checkpoint directory and reads them.
+
+Paths may be the msgpack file, a ``checkpoint_<step>`` directory, or a model
+directory holding ``checkpoint_<step>`` directories (latest, or ``step=``).
+
+:func:`adafactor_state_from_t5x` copies t5x's Adafactor statistics into the state of
+our grouped optimizer (``hyper_tasks.train.optimizers``), whose per-parameter
+``v_row``/``v_col``/``v``/``m`` layout mirrors t5x's, so a backbone can continue with
+its pretraining statistics while a new hypernetwork group starts fresh.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from hyper_tasks.train import optimizers
+from hyper_tasks.train import tree_utils
+
+_CHECKPOINT_FILE = "checkpoint"
+_STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
+
+
+def is_tensorstore_spec(value: Any) -> bool:
+  """t5x's test for a serialized spec: a dict with driver, kvstore and metadata."""
+  return isinstance(value, Mapping) and {"driver", "kvstore", "metadata"} <= set(value)
+
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+  """Steps of the ``checkpoint_<step>/checkpoint`` files under ``model_dir``."""
+  steps = []
+  for name in os.listdir(model_dir):
+    m = _STEP_DIR.match(name)
+    if m and os.path.isfile(os.path.join(model_dir, name, _CHECKPOINT_FILE)):
+      steps.append(int(m.group(1)))
+  return sorted(steps)
+
+
+def find_checkpoint_file(path: str, step: Optional[int] = None) -> str:
+  """Resolves a file, a ``checkpoint_<step>`` dir or a model dir to the msgpack file."""
+  if os.path.isfile(path):
+    return path
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"No t5x checkpoint at {path!r}.")
+  direct = os.path.join(path, _CHECKPOINT_FILE)
+  if step is None and os.path.isfile(direct):
+    return direct
+  steps = checkpoint_steps(path)
+  if not steps:
+    raise FileNotFoundError(f"{path!r} has neither a {_CHECKPOINT_FILE!r} file nor "
+                            "checkpoint_<step> directories.")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"No checkpoint_{step} in {path!r}; have {steps}.")
+  return os.path.join(path, f"checkpoint_{step}", _CHECKPOINT_FILE)
+
+
+def _local_spec(spec: Mapping[str, Any], ckpt_dir: str) -> dict[str, Any]:
+  """A spec with its relative path made absolute under ``ckpt_dir``, on local files.
+
+  Chunking and compression are dropped from the metadata: they are read from the
+  store itself, and keeping them would make ``ts.open`` fail if they differ.
+  """
+  spec = copy.deepcopy(dict(spec))
+  kvstore = spec.get("kvstore")
+  if isinstance(kvstore, Mapping) and "path" in kvstore:
+    rel = kvstore["path"]
+  elif "path" in spec:  # tensorstore < 0.1.14 layout.
+    rel = spec.pop("path")
+  else:
+    raise ValueError(f"Tensorstore spec without a path: {spec}")
+  if os.path.isabs(rel):  # Absolute paths from elsewhere: keep the last component.
+    rel = os.path.basename(rel.rstrip("/"))
+  # gcs/gfile/file all become a local file store; t5x does the same when a GCS
+  # checkpoint is read locally.
+  spec["kvstore"] = {"driver": "file", "path": os.path.join(ckpt_dir, rel)}
+  metadata = dict(spec.get("metadata", {}))
+  metadata.pop("chunks", None)
+  metadata.pop("compressor", None)
+  spec["metadata"] = metadata
+  return spec
+
+
+def _read_tensorstore(spec: Mapping[str, Any], ckpt_dir: str, name: str) -> np.ndarray:
+  import tensorstore as ts  # Only directory checkpoints need it.
+
+  local = _local_spec(spec, ckpt_dir)
+  if local.get("dtype") == "uint16" or local["metadata"].get("dtype") == "<u2":
+    raise ValueError(f"{name}: uint16-encoded bfloat16 (t5x checkpoint version < 3) "
+                     "is not supported.")
+  path = local["kvstore"]["path"]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{name}: tensorstore array directory {path!r} is missing.")
+  store = ts.open(local, open=True).result()
+  arr = np.asarray(store.read().result())
+  expected = local["metadata"].get("shape")
+  if expected is not None and tuple(expected) != arr.shape:
+    raise ValueError(f"{name}: spec shape {tuple(expected)} but read {arr.shape}.")
+  return arr
+
+
+def read_t5x_state(path: str, step: Optional[int] = None) -> dict[str, Any]:
+  """The optimizer state dict, flat (``target/...``, ``state/...``), arrays read."""
+  ckpt_file = find_checkpoint_file(path, step)
+  with open(ckpt_file, "rb") as f:
+    contents = serialization.msgpack_restore(f.read())
+  version = contents.get("version", 0) if isinstance(contents, Mapping) else 0
+  if version == 0:  # Plain flax checkpoint: the optimizer state is the root.
+    optimizer = contents
+  elif version < 2:
+    raise ValueError(f"t5x checkpoint version {version} is not supported (< 2).")
+  else:
+    optimizer = contents["optimizer"]
+  flat = tree_utils.flatten(optimizer, is_leaf=is_tensorstore_spec)
+  ckpt_dir = os.path.dirname(os.path.abspath(ckpt_file))
+  return {k: (_read_tensorstore(v, ckpt_dir, k) if is_tensorstore_spec(v)
+              else np.asarray(v))
+          for k, v in flat.items()}
+
+
+def load_t5x_checkpoint(path: str, step: Optional[int] = None,
+                        restore_dtype: Any = None
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                   Optional[int]]:
+  """Reads a t5x checkpoint.
+
+  Args:
+    path: the msgpack file, a ``checkpoint_<step>`` directory, or a model directory.
+    step: which ``checkpoint_<step>`` of a model directory (default: latest).
+    restore_dtype: optional dtype to cast the parameters (not the optimizer state).
+
+  Returns:
+    ``(params, optimizer_state, step)``: ``params`` keyed by t5x parameter paths
+    (``encoder/layers_0/attention/query/kernel``); ``optimizer_state`` keyed by the
+    rest of the optimizer state dict (``state/step``,
+    ``state/param_states/<param path>/v_row``, ...); ``step`` from ``state/step``
+    (None if absent).
+  """
+  flat = read_t5x_state(path, step)
+  params, opt_state = {}, {}
+  for key, value in flat.items():
+    if key.startswith("target/"):
+      if restore_dtype is not None:
+        value = value.astype(restore_dtype)
+      params[key[len("target/"):]] = value
+    else:
+      opt_state[key] = value
+  if not params:
+    raise ValueError(f"No 'target' parameters in the t5x checkpoint at {path!r}.")
+  ckpt_step = opt_state.get("state/step")
+  return params, opt_state, None if ckpt_step is None else int(ckpt_step)
+
+
+def adafactor_state(opt_state: Mapping[str, np.ndarray], param_path: str
+                    ) -> dict[str, np.ndarray]:
+  """``{'v_row', 'v_col', 'v', 'm'}`` of one parameter from ``optimizer_state``."""
+  prefix = f"state/param_states/{param_path}/"
+  out = {k[len(prefix):]: v for k, v in opt_state.items() if k.startswith(prefix)}
+  if not out:
+    raise KeyError(f"No Adafactor state for {param_path!r}.")
+  return out
+
+
+_ADAFACTOR_FIELDS = ("v_row", "v_col", "v", "m")
+
+
+def adafactor_state_from_t5x(opt_state: Any, t5x_opt_state: Mapping[str, np.ndarray],
+                             groups: Optional[Iterable[str]] = None,
+                             require_all: bool = True) -> Any:
+  """Fills our optimizer state's Adafactor statistics from a t5x checkpoint.
+
+  Args:
+    opt_state: a (fresh) state of an optimizer built by
+      ``hyper_tasks.train.optimizers.make_optimizer``.
+    t5x_opt_state: the ``optimizer_state`` returned by :func:`load_t5x_checkpoint`.
+    groups: which optimizer groups to fill (default: every trainable group); the
+      others keep their state, e.g. a fresh hypernetwork.
+    require_all: error if a parameter of a filled group has no t5x statistics.
+
+  Returns:
+    The state with ``v_row``/``v_col``/``v`` (and ``m`` when both sides keep
+    momentum) copied, and each filled group's counter set to t5x's step.
+
+  Raises:
+    ValueError: shape mismatches (all listed), or missing statistics with
+      ``require_all``.
+  """
+  groups = None if groups is None else set(groups)
+  step = t5x_opt_state.get("state/step")
+  missing, mismatched = [], []
+
+  def fill(name, state):
+    if groups is not None and name not in groups:
+      return state
+    fields = {}
+    for field in _ADAFACTOR_FIELDS:
+      def one(path, leaf, field=field):
+        param = tree_utils.path_str(path)
+        value = t5x_opt_state.get(f"state/param_states/{param}/{field}")
+        if value is None:
+          if field == "v_row":  # Report each parameter once.
+            missing.append(param)
+          return leaf
+        if value.shape != leaf.shape:
+          if field == "m" and (value.shape == (1,) or leaf.shape == (1,)):
+            return leaf  # Momentum kept on one side only: start it fresh.
+          mismatched.append(f"{param}/{field}: t5x {value.shape} vs ours {leaf.shape}")
+          return leaf
+        return jax.device_put(jnp.asarray(value, leaf.dtype), leaf.sharding)
+      fields[field] = jax.tree_util.tree_map_with_path(one, getattr(state, field))
+    count = state.count if step is None else jnp.asarray(step, state.count.dtype)
+    return state._replace(count=count, **fields)
+
+  out = optimizers.map_group_states(opt_state, fill)
+  problems = []
+  if mismatched:
+    problems.append(f"shape mismatches: {sorted(mismatched)}")
+  if missing and require_all:
+    problems.append(f"no t5x statistics for: {sorted(missing)}")
+  if problems:
+    raise ValueError("Cannot load t5x Adafactor state; " + "; ".join(problems))
+  return out

@@ -1,0 +1,39 @@
+"""Data: seqio tasks and mixtures for hypernetwork instruction tuning.
+
+Sources (each registers seqio tasks on request, never at import time):
+  sni.py / sni_tasks.py   Super-NaturalInstructions files -> ``sni_<format>_<split>``
+  p3.py / p3_tasks.py     promptsource templates over local datasets -> ``t0_*``
+  c4.py                   C4 (TFDS or local files) cut for hypernetwork pretraining
+  toy.py                  generated list/word operations -> ``toy_*``
+  embedded/               shipped SNI-format tasks (``esni_*``) and pretraining text
+
+Shared pieces: vocab.py (T5 SentencePiece / bytes), features.py (names, record
+schema), preprocessors.py (batched tokenization), converters.py (feature converter),
+sources.py (seqio data sources), registry.py (idempotent registration), pipeline.py
+(the API below), cli.py (list tasks, show examples).
+
+Typical use::
+
+  from hyper_tasks import data
+  data.register_all(sni_dir=..., vocabulary="/path/to/spiece.model")
+  batches = data.get_dataset("sni_def_train", "train",
+                             {"hyper_inputs": 512, "inputs": 512, "targets": 128},
+                             batch_size=32, seed=0)
+  examples = data.load_examples("sni_def_test", "test")
+"""
+from hyper_tasks.data import features
+from hyper_tasks.data.converters import HyperEncDecFeatureConverter
+from hyper_tasks.data.converters import TruncationCounter
+from hyper_tasks.data.pipeline import BatchIterator
+from hyper_tasks.data.pipeline import detokenize
+from hyper_tasks.data.pipeline import get_dataset
+from hyper_tasks.data.pipeline import get_provider
+from hyper_tasks.data.pipeline import get_tf_dataset
+from hyper_tasks.data.pipeline import list_names
+from hyper_tasks.data.pipeline import load_examples
+from hyper_tasks.data.pipeline import splits
+from hyper_tasks.data.pipeline import tokenize
+from hyper_tasks.data.registry import register_all
+from hyper_tasks.data.registry import register_embedded
+from hyper_tasks.data.registry import unregister_all
+from hyper_tasks.data.vocab import get_vocabulary

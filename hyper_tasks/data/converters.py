@@ -1,0 +1,193 @@
+"""Feature converter: token features -> the model's padded batch arrays.
+
+``HyperEncDecFeatureConverter`` is seqio's encoder-decoder converter with a third
+stream for the hypernetwork::
+
+  hyper_inputs [<=Lh] -> hyper_encoder_input_tokens [Lh]
+  inputs       [<=Li] -> encoder_input_tokens       [Li]
+  targets      [<=Lt] -> decoder_target_tokens      [Lt]
+                         decoder_input_tokens       [Lt]  targets shifted right, 0 first
+                         decoder_loss_weights       [Lt]  1 on real target tokens
+
+Pad id is 0, EOS 1. Lengths come as ``{"hyper_inputs": Lh, "inputs": Li,
+"targets": Lt}``.
+
+Truncation. seqio trims inside ``Task.get_dataset`` and its converter base class
+asserts that inputs already fit, so truncation would be silent. Here the Task is
+read untrimmed (``trim_output_features=False``) and the converter trims itself: a
+sequence longer than its length keeps its first ``L - 1`` tokens and its EOS (so
+the model still sees where the text ends), and a ``TruncationCounter`` counts, per
+feature, how many examples were cut. The counter is a ``tf.Variable`` updated inside
+the tf.data graph, so it also works when packing merges examples; it counts
+examples as the pipeline produces them (a few batches ahead of the consumer, exact
+once a finite dataset is exhausted). The base class's length assertions are turned
+off for that reason (``apply_length_check=False``); output shapes are static.
+
+Packing (baseline only, default off): examples are packed on ``inputs`` and
+``targets`` with seqio's packing ops, adding ``encoder_segment_ids``,
+``encoder_positions``, ``decoder_segment_ids`` and ``decoder_positions``. Packed
+rows mix examples of different tasks, which a hypernetwork cannot condition on, so
+``hyper_inputs`` is dropped and ``hyper_encoder_input_tokens`` is all padding
+``[Lh]`` (kept so that batches have one structure).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+
+from hyper_tasks.data import features as F
+from hyper_tasks.data.vocab import DECODER_START_ID, EOS_ID, PAD_ID
+
+_Spec = seqio.FeatureConverter.FeatureSpec
+
+
+class TruncationCounter:
+  """Counts, per token feature, the examples longer than their configured length.
+
+  ``as_dict()`` returns ``{"examples": n, "hyper_inputs": k_h, "inputs": k_i,
+  "targets": k_t}``: n examples seen, k of them truncated in that feature.
+  """
+
+  def __init__(self, feature_names: Sequence[str] = F.TOKEN_FEATURES):
+    self.feature_names = tuple(feature_names)
+    # Slot 0 counts examples; slot i + 1 counts truncations of feature i.
+    self._counts = tf.Variable(
+        tf.zeros([len(self.feature_names) + 1], tf.int64), trainable=False)
+
+  def update(self, truncated: tf.Tensor) -> None:
+    """Adds one example; ``truncated`` is a bool vector over ``feature_names``."""
+    self._counts.assign_add(
+        tf.concat([[1], tf.cast(truncated, tf.int64)], axis=0))
+
+  def as_dict(self) -> dict[str, int]:
+    counts = [int(c) for c in self._counts.numpy()]
+    return {"examples": counts[0],
+            **dict(zip(self.feature_names, counts[1:]))}
+
+  def reset(self) -> None:
+    self._counts.assign(tf.zeros_like(self._counts))
+
+
+def trim_keep_eos(tokens: tf.Tensor, length: int,
+                  eos_id: int = EOS_ID) -> tuple[tf.Tensor, tf.Tensor]:
+  """Cuts a 1-D sequence to ``length``, keeping a final EOS if it had one.
+
+  Returns:
+    (trimmed tokens ``[<= length]``, scalar bool: whether it was cut).
+  """
+  size = tf.size(tokens)
+  truncated = size > length
+  ends_with_eos = tf.logical_and(size > 0, tf.equal(tokens[-1:], eos_id))
+  keep_eos = tf.logical_and(truncated, tf.reduce_any(ends_with_eos))
+  head = tokens[:length - 1]
+  # ``last`` is empty when the sequence is shorter than ``length``.
+  last = tokens[length - 1:length]
+  last = tf.where(keep_eos, tf.fill(tf.shape(last), eos_id), last)
+  return tf.concat([head, last], axis=0), truncated
+
+
+def _pad(tokens: tf.Tensor, length: int) -> tf.Tensor:
+  padded = tf.pad(tokens, [[0, length - tf.size(tokens)]],
+                  constant_values=PAD_ID)
+  return tf.ensure_shape(padded, [length])
+
+
+class HyperEncDecFeatureConverter(seqio.FeatureConverter):
+  """Encoder-decoder feature converter with a hypernetwork input stream.
+
+  Attributes:
+    truncation: the ``TruncationCounter`` updated by datasets this converter
+      builds.
+  """
+
+  TASK_FEATURES = {k: _Spec(dtype=tf.int32) for k in F.TOKEN_FEATURES}
+  MODEL_FEATURES = {k: _Spec(dtype=tf.int32) for k in F.MODEL_FEATURES}
+  PACKING_FEATURE_DTYPES = {k: tf.int32 for k in F.PACKING_FEATURES}
+
+  def __init__(self,
+               pack: bool = False,
+               use_custom_packing_ops: bool = False,
+               bos_id: int = DECODER_START_ID,
+               eos_id: int = EOS_ID,
+               truncation: TruncationCounter | None = None):
+    # Trimming (with counting) happens in _convert_features, so the base class
+    # must not assert that inputs already fit.
+    super().__init__(pack=pack, use_custom_packing_ops=use_custom_packing_ops,
+                     apply_length_check=False, bos_id=bos_id)
+    self._eos_id = eos_id
+    self.truncation = truncation or TruncationCounter()
+
+  def _trim_and_count(self, ex: Mapping[str, tf.Tensor],
+                      lengths: Mapping[str, int]) -> dict[str, tf.Tensor]:
+    out, flags = {}, []
+    for key in F.TOKEN_FEATURES:
+      out[key], cut = trim_keep_eos(ex[key], lengths[key], self._eos_id)
+      flags.append(cut)
+    self.truncation.update(tf.stack(flags))
+    return out
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]
+                        ) -> tf.data.Dataset:
+    lengths = dict(task_feature_lengths)
+    if not self.pack:
+      def convert(ex):
+        ex = self._trim_and_count(ex, lengths)
+        targets = _pad(ex[F.TARGETS], lengths[F.TARGETS])
+        return {
+            F.HYPER_ENCODER_INPUT_TOKENS:
+                _pad(ex[F.HYPER_INPUTS], lengths[F.HYPER_INPUTS]),
+            F.ENCODER_INPUT_TOKENS: _pad(ex[F.INPUTS], lengths[F.INPUTS]),
+            F.DECODER_TARGET_TOKENS: targets,
+            F.DECODER_INPUT_TOKENS: seqio.utils.make_autoregressive_inputs(
+                targets, bos_id=self.bos_id),
+            F.DECODER_LOSS_WEIGHTS:
+                seqio.feature_converters.non_padding_position(targets),
+        }
+      return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    ds = ds.map(lambda ex: self._trim_and_count(ex, lengths),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda ex: {F.INPUTS: ex[F.INPUTS], F.TARGETS: ex[F.TARGETS]},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = seqio.utils.trim_and_pack_dataset(
+        ds, {F.INPUTS: lengths[F.INPUTS], F.TARGETS: lengths[F.TARGETS]},
+        self._use_custom_packing_ops)
+    hyper_length = lengths[F.HYPER_INPUTS]
+
+    def convert_packed(ex):
+      targets = ex[F.TARGETS]
+      return {
+          F.HYPER_ENCODER_INPUT_TOKENS: tf.zeros([hyper_length], tf.int32),
+          F.ENCODER_INPUT_TOKENS: ex[F.INPUTS],
+          F.DECODER_TARGET_TOKENS: targets,
+          F.DECODER_INPUT_TOKENS: seqio.utils.make_autoregressive_inputs(
+              targets, sequence_id=ex["targets_segment_ids"],
+              bos_id=self.bos_id),
+          F.DECODER_LOSS_WEIGHTS:
+              seqio.feature_converters.non_padding_position(targets),
+          "encoder_segment_ids": ex["inputs_segment_ids"],
+          "encoder_positions": ex["inputs_positions"],
+          "decoder_segment_ids": ex["targets_segment_ids"],
+          "decoder_positions": ex["targets_positions"],
+      }
+    return ds.map(convert_packed, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                ) -> dict[str, int]:
+    lh = task_feature_lengths[F.HYPER_INPUTS]
+    li = task_feature_lengths[F.INPUTS]
+    lt = task_feature_lengths[F.TARGETS]
+    lengths = {
+        F.HYPER_ENCODER_INPUT_TOKENS: lh,
+        F.ENCODER_INPUT_TOKENS: li,
+        F.DECODER_INPUT_TOKENS: lt,
+        F.DECODER_TARGET_TOKENS: lt,
+        F.DECODER_LOSS_WEIGHTS: lt,
+    }
+    if self.pack:
+      lengths.update(encoder_segment_ids=li, encoder_positions=li,
+                     decoder_segment_ids=lt, decoder_positions=lt)
+    return lengths

@@ -1,0 +1,324 @@
+"""The plain-Python data API the trainer and evaluator call.
+
+  register_all(...)            idempotent registration (registry.py)
+  get_dataset(name, split, sequence_lengths, batch_size, ...)
+      -> BatchIterator of dicts of numpy int32 arrays, the converter's outputs
+         (converters.py), batch axis exactly ``batch_size``
+  load_examples(name, split, max_examples) -> list of plain-Python records
+      (strings before tokenization, with all metadata; features.py)
+  tokenize(texts, vocabulary) / detokenize(ids, vocabulary)
+
+``get_dataset`` is deterministic for a seed: the same batches in the same order on
+every call (seqio shuffles with the seed, mixtures sample with it, tf.data keeps
+order), so a trainer resumes by skipping batches (``start_batch``). Sharding
+(``shard_id`` / ``num_shards``) is by example, before shuffling.
+
+Names are resolved against seqio's registries. If a name is unknown, the embedded
+default is registered (it needs nothing) and the lookup retried, so the CPU demo
+works without an explicit ``register_all()``; any other source must be registered
+first.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from hyper_tasks.data import converters
+from hyper_tasks.data import features as F
+from hyper_tasks.data import registry
+from hyper_tasks.data import vocab as vocab_lib
+from hyper_tasks.data.registry import register_all, register_embedded  # pylint: disable=unused-import
+
+Provider = Union[seqio.Task, seqio.Mixture]
+
+# Lengths used when a caller gives none (load_examples of token-level tasks).
+DEFAULT_SEQUENCE_LENGTHS = {F.HYPER_INPUTS: 512, F.INPUTS: 512, F.TARGETS: 128}
+
+
+def get_provider(name: str) -> Provider:
+  """The seqio Task or Mixture named ``name`` (embedded default on demand)."""
+  if not _known(name):
+    registry.register_embedded()
+    if not _known(name):
+      close = [n for n in itertools.chain(seqio.TaskRegistry.names(),
+                                          seqio.MixtureRegistry.names())
+               if name.split("_")[0] in n][:10]
+      raise KeyError(
+          f"No seqio task or mixture named {name!r}. Register its source first "
+          f"(hyper_tasks.data.register_all(...)). Similar names: {close}")
+  return seqio.get_mixture_or_task(name)
+
+
+def _known(name: str) -> bool:
+  return (name in seqio.TaskRegistry.names()
+          or name in seqio.MixtureRegistry.names())
+
+
+def splits(name: str) -> tuple[str, ...]:
+  """The splits of a task or mixture (a mixture: those of its first task)."""
+  provider = get_provider(name)
+  task = provider.tasks[0] if isinstance(provider, seqio.Mixture) else provider
+  return tuple(task.splits)
+
+
+def _resolve_split(name: str, split: Optional[str]) -> str:
+  return split if split is not None else splits(name)[0]
+
+
+def _check_lengths(sequence_lengths: Mapping[str, int]) -> dict[str, int]:
+  missing = [k for k in F.TOKEN_FEATURES if k not in sequence_lengths]
+  if missing:
+    raise ValueError(f"sequence_lengths needs keys {F.TOKEN_FEATURES}; "
+                     f"missing {missing}.")
+  lengths = {k: int(sequence_lengths[k]) for k in F.TOKEN_FEATURES}
+  if any(v < 1 for v in lengths.values()):
+    raise ValueError(f"sequence lengths must be positive: {lengths}")
+  return lengths
+
+
+def _task_dataset(provider: Provider, split: str,
+                  sequence_lengths: Mapping[str, int], *, shuffle: bool,
+                  seed: Optional[int], num_epochs: Optional[int],
+                  shard_info: Optional[seqio.ShardInfo],
+                  passthrough: Sequence[str] = ()) -> tf.data.Dataset:
+  """Untrimmed tokenized examples of a task or mixture."""
+  kwargs = dict(sequence_length=sequence_lengths, split=split, shuffle=shuffle,
+                seed=seed, shard_info=shard_info, num_epochs=num_epochs,
+                trim_output_features=False)
+  if isinstance(provider, seqio.Mixture):
+    return provider.get_dataset(passthrough_features=list(passthrough),
+                                log_mixing_proportions=False, **kwargs)
+  return provider.get_dataset(**kwargs)
+
+
+def get_tf_dataset(
+    name: str,
+    split: Optional[str] = None,
+    sequence_lengths: Optional[Mapping[str, int]] = None,
+    batch_size: int = 8,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_epochs: Optional[int] = None,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    pack: bool = False,
+    drop_remainder: bool = True,
+) -> tuple[tf.data.Dataset, converters.TruncationCounter]:
+  """``get_dataset`` as a batched ``tf.data.Dataset`` and its truncation counter."""
+  lengths = _check_lengths(sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
+  provider = get_provider(name)
+  split = _resolve_split(name, split)
+  shard_info = (seqio.ShardInfo(index=shard_id, num_shards=num_shards)
+                if num_shards > 1 else None)
+  ds = _task_dataset(provider, split, lengths, shuffle=shuffle, seed=seed,
+                     num_epochs=num_epochs, shard_info=shard_info)
+  converter = converters.HyperEncDecFeatureConverter(pack=pack)
+  ds = converter(ds, lengths)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  return ds, converter.truncation
+
+
+class BatchIterator(Iterator[dict[str, np.ndarray]]):
+  """Iterates numpy batches; reports truncation.
+
+  Attributes:
+    dataset: the underlying ``tf.data.Dataset``.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset,
+               truncation: converters.TruncationCounter, name: str,
+               log_every: int = 1000):
+    self.dataset = dataset
+    self._truncation = truncation
+    self._name = name
+    self._log_every = log_every
+    self._iterator = dataset.as_numpy_iterator()
+    self._batches = 0
+
+  def __iter__(self) -> "BatchIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      self.log_truncation()
+      raise
+    self._batches += 1
+    if self._log_every and self._batches % self._log_every == 0:
+      self.log_truncation()
+    return batch
+
+  def truncation_stats(self) -> dict[str, int]:
+    """``{"examples": n, "hyper_inputs": k, "inputs": k, "targets": k}``.
+
+    Counts examples the pipeline has produced so far (it runs a few batches
+    ahead of the consumer; exact once a finite dataset is exhausted).
+    """
+    return self._truncation.as_dict()
+
+  def log_truncation(self) -> None:
+    stats = self.truncation_stats()
+    if any(stats[k] for k in F.TOKEN_FEATURES):
+      logging.info("%s: truncated examples (of %d): %s", self._name,
+                   stats["examples"],
+                   {k: stats[k] for k in F.TOKEN_FEATURES})
+
+
+def get_dataset(
+    name: str,
+    split: Optional[str] = None,
+    sequence_lengths: Optional[Mapping[str, int]] = None,
+    batch_size: int = 8,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_epochs: Optional[int] = None,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    pack: bool = False,
+    drop_remainder: bool = True,
+    start_batch: int = 0,
+) -> BatchIterator:
+  """Batches of model features for a registered task or mixture.
+
+  Args:
+    name: seqio task or mixture name (e.g. ``"sni_def_train"``, ``"toy_train"``).
+    split: seqio split; None means the name's first split (``splits(name)``).
+    sequence_lengths: ``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}``.
+    batch_size: batch axis of every array (the remainder is dropped unless
+      ``drop_remainder=False``).
+    shuffle: shuffle examples (with ``seed``).
+    seed: makes the stream reproducible.
+    num_epochs: None repeats forever.
+    shard_id: this host's shard.
+    num_shards: number of shards (hosts).
+    pack: pack examples (baselines; see converters.py).
+    drop_remainder: drop a final partial batch.
+    start_batch: skip this many batches first (resuming).
+
+  Returns:
+    An iterator of ``{"hyper_encoder_input_tokens": [B, Lh], "encoder_input_tokens":
+    [B, Li], "decoder_input_tokens": [B, Lt], "decoder_target_tokens": [B, Lt],
+    "decoder_loss_weights": [B, Lt]}`` int32 arrays (plus segment ids and
+    positions when packing), with ``truncation_stats()``.
+  """
+  ds, truncation = get_tf_dataset(
+      name, split, sequence_lengths, batch_size, shuffle, seed, num_epochs,
+      shard_id, num_shards, pack, drop_remainder)
+  if start_batch:
+    ds = ds.skip(start_batch)
+  return BatchIterator(ds, truncation, name)
+
+
+def load_examples(name: str, split: Optional[str] = None,
+                  max_examples: Optional[int] = None,
+                  sequence_lengths: Optional[Mapping[str, int]] = None
+                  ) -> list[dict[str, Any]]:
+  """Plain-Python examples, in source order, with every metadata field.
+
+  Text-level tasks are read before tokenization, so strings are exact. Token-level
+  tasks (C4-style splitting) are split with ``sequence_lengths`` and decoded.
+  A mixture yields its tasks' examples one task after another.
+
+  Returns:
+    Dicts with ``hyper_inputs``, ``inputs``, ``targets`` (str), ``task_names``,
+    ``references`` (JSON list), ``category``, ``template``, ``example_id`` (str),
+    ``choice_index``, ``is_correct``, ``num_choices`` (int).
+  """
+  provider = get_provider(name)
+  split = _resolve_split(name, split)
+  tasks = (provider.tasks if isinstance(provider, seqio.Mixture)
+           else [provider])
+  out = []
+  for task in tasks:
+    if split not in task.splits:
+      continue
+    remaining = None if max_examples is None else max_examples - len(out)
+    if remaining is not None and remaining <= 0:
+      break
+    if registry.is_text_level(task.name):
+      ds = _text_dataset(task, split)
+      decode = F.decode_example
+    else:
+      lengths = _check_lengths(sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
+      ds = _task_dataset(task, split, lengths, shuffle=False, seed=None,
+                         num_epochs=1, shard_info=None)
+      vocabulary = task.output_features[F.TARGETS].vocabulary
+      decode = lambda ex, v=vocabulary: _decode_tokens(ex, v)
+    if remaining is not None:
+      ds = ds.take(remaining)
+    out.extend(decode(ex) for ex in ds.as_numpy_iterator())
+  return out
+
+
+def _text_dataset(task: seqio.Task, split: str) -> tf.data.Dataset:
+  """A task's examples after its text-level preprocessors, unshuffled."""
+  ds = task.source.get_dataset(split=split, shuffle=False)
+  for prep in task.preprocessors:
+    if _is_tokenizer(prep):
+      break
+    ds = prep(ds)
+  return ds
+
+
+def _is_tokenizer(prep) -> bool:
+  from hyper_tasks.data import preprocessors as P  # pylint: disable=g-import-not-at-top
+  fn = getattr(prep, "func", prep)
+  return fn in (P.tokenize_batched, seqio.preprocessors.tokenize,
+                seqio.preprocessors.tokenize_and_append_eos,
+                seqio.preprocessors.append_eos)
+
+
+def _decode_tokens(example: Mapping[str, Any],
+                   vocabulary: seqio.Vocabulary) -> dict[str, Any]:
+  out = F.decode_example({k: v for k, v in example.items()
+                          if k not in F.TOKEN_FEATURES})
+  for key in F.TOKEN_FEATURES:
+    ids = [int(i) for i in example[key] if i not in (vocab_lib.PAD_ID,)]
+    if ids and ids[-1] == vocab_lib.EOS_ID:
+      ids = ids[:-1]
+    out[key] = vocabulary.decode(ids)
+  if out.get(F.REFERENCES) == "[]":
+    # Token-level tasks have no text references; the decoded target is one.
+    out[F.REFERENCES] = json.dumps([out[F.TARGETS]], ensure_ascii=False)
+  return out
+
+
+def tokenize(texts: Sequence[str],
+             vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
+             add_eos: bool = True) -> list[list[int]]:
+  """Token ids of each text (Python; for evaluation and tests, not the hot path)."""
+  vocabulary = vocab_lib.get_vocabulary(vocabulary)
+  out = []
+  for text in texts:
+    ids = list(vocabulary.encode(text))
+    out.append(ids + [vocabulary.eos_id] if add_eos else ids)
+  return out
+
+
+def detokenize(ids: Sequence[Sequence[int]],
+               vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE
+               ) -> list[str]:
+  """Texts of token-id sequences (stops at EOS, ignores padding)."""
+  vocabulary = vocab_lib.get_vocabulary(vocabulary)
+  out = []
+  for seq in ids:
+    seq = [int(i) for i in seq]
+    if vocab_lib.EOS_ID in seq:
+      seq = seq[:seq.index(vocab_lib.EOS_ID)]
+    out.append(vocabulary.decode([i for i in seq if i != vocab_lib.PAD_ID]))
+  return out
+
+
+def list_names(pattern: Optional[str] = None) -> dict[str, list[str]]:
+  """Names this package registered: ``{"tasks": [...], "mixtures": [...]}``."""
+  return registry.registered_names(pattern)

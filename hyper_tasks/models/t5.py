@@ -1,0 +1,206 @@
+"""T5 encoder and decoder stacks (Raffel et al. 2020; T5.1.1 gated-GELU variant).
+
+Pre-norm residual blocks with RMS layer norm, relative position bias computed once per
+stack (first layer's table, shared by all layers, as in the reference), dropout on the
+embeddings, attention probabilities, MLP hidden, every sublayer output and the final
+norm. Each sublayer passes its slot dict of the ``Adaptation`` to the PEFT hooks.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from hyper_tasks.models.adaptation import Adaptation
+from hyper_tasks.models.attention import MultiHeadAttention
+from hyper_tasks.models.config import T5Config
+from hyper_tasks.models.layers import (Dense, RMSNorm, RelativePositionBias,
+                                       activation_fn, constrain)
+from hyper_tasks.models.peft.adapters import adapter_delta
+from hyper_tasks.models.peft.ia3 import ia3_scale
+from hyper_tasks.models.peft.lora import add_lora
+
+
+def _site_slots(adaptation: Optional[Adaptation], stack: str, layer: int, module: str):
+  return None if adaptation is None else adaptation.get(stack, f"layers_{layer}", module)
+
+
+def _add_adapter(y, x, slots):
+  delta = adapter_delta(x, slots)
+  return y if delta is None else y + delta.astype(y.dtype)
+
+
+class MlpBlock(nn.Module):
+  """``wo(act(wi_0 x) * wi_1 x)`` (gated) or ``wo(act(wi x))``, with LoRA/IA3 hooks."""
+  config: T5Config
+  lora_scales: Optional[dict] = None
+
+  @nn.compact
+  def __call__(self, x, slots=None, deterministic=True):
+    """``[B, L, D] -> [B, L, D]``."""
+    cfg = self.config
+    act = activation_fn(cfg.activation)
+    scale = (self.lora_scales or {}).get("wi", 1.0)
+    xd = x.astype(cfg.dtype)
+    if cfg.is_gated:
+      h0 = add_lora(Dense(cfg.d_ff, ("embed", "mlp"), cfg.d_model ** -0.5, cfg.dtype,
+                          name="wi_0")(x), xd, slots, "wi_0", scale)
+      h1 = add_lora(Dense(cfg.d_ff, ("embed", "mlp"), cfg.d_model ** -0.5, cfg.dtype,
+                          name="wi_1")(x), xd, slots, "wi_1", scale)
+      h = act(h0) * h1
+    else:
+      h = act(add_lora(Dense(cfg.d_ff, ("embed", "mlp"), cfg.d_model ** -0.5,
+                             cfg.dtype, name="wi")(x), xd, slots, "wi", scale))
+    h = ia3_scale(h, slots, "ia3_ff")
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = constrain(h, ("batch", "length", "mlp"))
+    out = Dense(cfg.d_model, ("mlp", "embed"), cfg.d_ff ** -0.5, cfg.dtype,
+                name="wo")(h)
+    return add_lora(out, h, slots, "wo", (self.lora_scales or {}).get("wo", 1.0))
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+  layer: int
+  lora_scales: Optional[dict] = None
+
+  @nn.compact
+  def __call__(self, x, bias, mask, adaptation=None, deterministic=True):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout_rate)
+    slots = _site_slots(adaptation, "encoder", self.layer, "attention")
+    y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_layer_norm")(x)
+    a = MultiHeadAttention(cfg, self.lora_scales, name="attention")(
+        y, y, bias, mask, slots, deterministic)
+    x = x + drop(_add_adapter(a, y, slots), deterministic=deterministic)
+    slots = _site_slots(adaptation, "encoder", self.layer, "mlp")
+    y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(x)
+    m = MlpBlock(cfg, self.lora_scales, name="mlp")(y, slots, deterministic)
+    x = x + drop(_add_adapter(m, y, slots), deterministic=deterministic)
+    return constrain(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+  layer: int
+  lora_scales: Optional[dict] = None
+
+  @nn.compact
+  def __call__(self, x, encoded, self_bias, self_mask, cross_mask, adaptation=None,
+               deterministic=True, decode=False):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout_rate)
+    eps = cfg.layer_norm_epsilon
+    slots = _site_slots(adaptation, "decoder", self.layer, "self_attention")
+    y = RMSNorm(eps, cfg.dtype, name="pre_self_attention_layer_norm")(x)
+    a = MultiHeadAttention(cfg, self.lora_scales, name="self_attention")(
+        y, y, self_bias, self_mask, slots, deterministic, decode=decode)
+    x = x + drop(_add_adapter(a, y, slots), deterministic=deterministic)
+    slots = _site_slots(adaptation, "decoder", self.layer, "encoder_decoder_attention")
+    y = RMSNorm(eps, cfg.dtype, name="pre_cross_attention_layer_norm")(x)
+    a = MultiHeadAttention(cfg, self.lora_scales, name="encoder_decoder_attention")(
+        y, encoded, None, cross_mask, slots, deterministic)
+    x = x + drop(_add_adapter(a, y, slots), deterministic=deterministic)
+    slots = _site_slots(adaptation, "decoder", self.layer, "mlp")
+    y = RMSNorm(eps, cfg.dtype, name="pre_mlp_layer_norm")(x)
+    m = MlpBlock(cfg, self.lora_scales, name="mlp")(y, slots, deterministic)
+    x = x + drop(_add_adapter(m, y, slots), deterministic=deterministic)
+    return constrain(x, ("batch", "length", "embed"))
+
+
+def _positions(mask_or_tokens, positions):
+  if positions is not None:
+    return positions
+  return jnp.arange(mask_or_tokens.shape[1])[None, :]
+
+
+class Encoder(nn.Module):
+  """Encoder stack over already-embedded inputs (the caller owns the embedding)."""
+  config: T5Config
+  lora_scales: Optional[dict] = None
+
+  @nn.compact
+  def __call__(self, x, mask, positions=None, segment_ids=None, adaptation=None,
+               deterministic=True):
+    """Encode.
+
+    Args:
+      x: ``[B, L, D]`` embedded inputs.
+      mask: ``[B, L]`` boolean, True on real tokens.
+      positions, segment_ids: ``[B, L]`` for packed inputs, else None.
+    Returns:
+      ``[B, L, D]``.
+    """
+    cfg = self.config
+    pos = _positions(mask, positions)
+    bias = RelativePositionBias(cfg.relative_attention_num_buckets,
+                                cfg.relative_attention_max_distance, cfg.num_heads,
+                                True, cfg.dtype, name="relpos_bias")(pos, pos)
+    attn_mask = mask[:, None, None, :]
+    if segment_ids is not None:
+      attn_mask = attn_mask & (segment_ids[:, None, :, None] ==
+                               segment_ids[:, None, None, :])
+    x = nn.Dropout(cfg.dropout_rate)(x.astype(cfg.dtype), deterministic=deterministic)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, i, self.lora_scales, name=f"layers_{i}")(
+          x, bias, attn_mask, adaptation, deterministic)
+    x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="encoder_norm")(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  """Decoder stack ending in vocabulary logits: through ``logits_dense`` when untied,
+  else through the shared embedding scaled by ``d_model ** -0.5`` (as Mesh TF/HF do)."""
+  config: T5Config
+  lora_scales: Optional[dict] = None
+
+  @nn.compact
+  def __call__(self, y, encoded, encoder_mask, embedder=None, positions=None,
+               segment_ids=None, encoder_segment_ids=None, adaptation=None,
+               deterministic=True, decode=False, max_decode_length=None):
+    """Decode.
+
+    Args:
+      y: ``[B, Lt, D]`` embedded decoder inputs (``[B, 1, D]`` when ``decode``).
+      encoded: ``[B, Le, D]``; encoder_mask ``[B, Le]`` boolean.
+      positions: ``[B, Lt]``; in decode mode the current step ``[B, 1]``.
+      embedder: the shared ``Embed`` (needed when embeddings are tied).
+    Returns:
+      ``[B, Lt, vocab]`` logits.
+    """
+    cfg = self.config
+    relpos = RelativePositionBias(cfg.relative_attention_num_buckets,
+                                  cfg.relative_attention_max_distance, cfg.num_heads,
+                                  False, cfg.dtype, name="relpos_bias")
+    if decode:
+      if positions is None or max_decode_length is None:
+        raise ValueError("decode=True needs positions [B, 1] and max_decode_length.")
+      self_bias = relpos(positions, jnp.arange(max_decode_length)[None, :])
+      self_mask = None  # supplied by each layer's cache
+    else:
+      pos = _positions(y, positions)
+      self_bias = relpos(pos, pos)
+      self_mask = (pos[:, None, :, None] >= pos[:, None, None, :])
+      if segment_ids is not None:
+        self_mask = self_mask & (segment_ids[:, None, :, None] ==
+                                 segment_ids[:, None, None, :])
+    cross_mask = encoder_mask[:, None, None, :]
+    if segment_ids is not None and encoder_segment_ids is not None and not decode:
+      cross_mask = cross_mask & (segment_ids[:, None, :, None] ==
+                                 encoder_segment_ids[:, None, None, :])
+    y = nn.Dropout(cfg.dropout_rate)(y.astype(cfg.dtype), deterministic=deterministic)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, i, self.lora_scales, name=f"layers_{i}")(
+          y, encoded, self_bias, self_mask, cross_mask, adaptation, deterministic,
+          decode)
+    y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="decoder_norm")(y)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    if cfg.scales_logits:
+      y = y * cfg.d_model ** -0.5
+    if not cfg.tie_word_embeddings:
+      logits = Dense(cfg.vocab_size, ("embed", "vocab"), cfg.d_model ** -0.5,
+                     cfg.dtype, name="logits_dense")(y)
+    else:
+      logits = embedder.attend(y)
+    return constrain(logits, ("batch", "length", "vocab"))
