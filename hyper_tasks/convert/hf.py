@@ -106,6 +106,9 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> T5Conf
   for key in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
     if key not in hf:
       raise ConversionError(f"{source}: missing required field {key!r}.")
+    if isinstance(hf[key], bool) or not isinstance(hf[key], int) or hf[key] <= 0:
+      raise ConversionError(f"{source}: field {key!r} must be a positive integer, "
+                            f"got {hf[key]!r}.")
   ff = hf.get("feed_forward_proj", "relu")
   if ff not in _SUPPORTED_FF:
     raise ConversionError(f"{source}: unsupported feed_forward_proj {ff!r}.")
@@ -163,11 +166,23 @@ def _read_state(path: str) -> tuple[dict[str, np.ndarray], str]:
     except Exception as e:  # safetensors raises several types
       raise ConversionError(f"{st}: cannot read safetensors file: {e}") from e
   if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
+    try:
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+      shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+      raise ConversionError(f"{index}: malformed index (needs a 'weight_map' of "
+                            f"key -> shard file): {e!r}") from e
     state = {}
-    for shard in sorted(set(weight_map.values())):
-      state.update(load_file(os.path.join(path, shard)))
+    for shard in shards:
+      shard_path = os.path.join(path, shard)
+      if not os.path.exists(shard_path):
+        raise ConversionError(f"{index}: shard {shard!r} is missing ({shard_path}).")
+      try:
+        state.update(load_file(shard_path))
+      except Exception as e:  # safetensors raises several types
+        raise ConversionError(f"{shard_path}: cannot read safetensors file: {e}"
+                              ) from e
     return state, index
   if os.path.exists(binf):
     try:
@@ -175,7 +190,12 @@ def _read_state(path: str) -> tuple[dict[str, np.ndarray], str]:
     except ImportError as e:
       raise ConversionError(f"{binf}: reading pytorch_model.bin needs torch "
                             "(pip install torch), or convert it to safetensors.") from e
-    sd = torch.load(binf, map_location="cpu", weights_only=True)
+    try:
+      sd = torch.load(binf, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors of several types
+      raise ConversionError(f"{binf}: cannot read PyTorch state dict: {e}") from e
+    if not isinstance(sd, dict):
+      raise ConversionError(f"{binf}: expected a state dict, got {type(sd).__name__}.")
     return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
             for k, v in sd.items()}, binf
   raise ConversionError(f"{path}: no model.safetensors, model.safetensors.index.json "
@@ -248,8 +268,13 @@ def load_t5(path: str, dtype: Any = None, **config_overrides):
   try:
     with open(cfg_path) as f:
       hf_cfg = json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ConversionError(f"{cfg_path}: malformed JSON: {e}") from e
+  if not isinstance(hf_cfg, dict):
+    raise ConversionError(f"{cfg_path}: expected a JSON object, got "
+                          f"{type(hf_cfg).__name__}.")
+  # Reject unsupported architectures before touching (possibly huge) weights.
+  config_from_hf(hf_cfg, cfg_path)
   if dtype is not None:
     config_overrides["dtype"] = dtype
   state, source = _read_state(path)
