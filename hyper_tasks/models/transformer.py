@@ -45,12 +45,16 @@ class Transformer(nn.Module):
     static_peft: learn the slots directly under ``peft/`` instead (static baseline).
     instruction_fusion: concatenate the encoded instruction in front of the encoder
       output, so the decoder cross-attends to ``[instruction; input]`` (HINT).
+    no_instruction: the no-instruction control: the hypernetwork always reads a
+      fixed one-token instruction (EOS) whatever the batch holds, in training and
+      evaluation alike.
   """
   config: T5Config
   peft_spec: PeftSpec = PeftSpec()
   hypernet: Optional[nn.Module] = None
   static_peft: bool = False
   instruction_fusion: bool = False
+  no_instruction: bool = False
 
   def setup(self):
     cfg = self.config
@@ -77,6 +81,9 @@ class Transformer(nn.Module):
     if self.hypernet is None:
       raise ValueError("This model has no hypernetwork; it takes no instruction.")
     det = not enable_dropout
+    if self.no_instruction:
+      b = hyper_encoder_input_tokens.shape[0]
+      hyper_encoder_input_tokens = jnp.full((b, 1), self.config.eos_id, jnp.int32)
     mask = hyper_encoder_input_tokens > 0
     x = self.token_embedder(hyper_encoder_input_tokens)
     if getattr(self.hypernet, "has_encoder", False):

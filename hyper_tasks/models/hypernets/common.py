@@ -1,0 +1,362 @@
+"""Pieces shared by the hypernetworks: spec checks, row layouts, heads, attention.
+
+Every hypernetwork maps the encoded instruction ``h [B, Lh, D]`` (with its mask) to
+the slot tree of a :class:`~hyper_tasks.models.peft_spec.PeftSpec`: the nested dict
+of ``spec.slots(cfg)`` paths, each leaf ``[B, *slot.shape]``.
+
+Row layout (HINT's "component" scheme). A generated matrix is emitted one *row*
+at a time along its small axis: ``adapter_down [D, A]`` is ``A`` rows of width
+``D``, ``prefix_key [P, H*K]`` is ``P`` rows of width ``H*K``, ``lora_q_b [r, H*K]``
+is ``r`` rows, an IA3 vector ``[F]`` is one row. A head therefore outputs ``width``
+numbers per row instead of the whole flattened tensor, which keeps heads small at
+large sizes. :func:`row_layout` says which axis is the row axis;
+:func:`rows_to_slot` puts the rows back into the slot's shape.
+
+Output scaling. Each generated tensor is ``output_scale * fan_in**-0.5 * raw`` where
+``fan_in`` is the slot's input dimension for weight matrices (adapters, LoRA) and 1
+otherwise (prefixes, prompt, IA3), so a unit-variance head output yields a
+well-scaled weight. The last layer of heads for *output-side* tensors (adapter up,
+LoRA B, prefix values, IA3) starts at ``small_init`` times the usual scale, so an
+untrained hypernetwork leaves the backbone close to plain T5 while every gradient is
+non-zero from the first step. ``output_scale = 0`` makes the hypernetwork emit exact
+zeros (used by the identity tests).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyper_tasks.models.config import T5Config
+from hyper_tasks.models.layers import constrain
+from hyper_tasks.models.peft.static import set_path
+from hyper_tasks.models.peft_spec import PeftSpec, Slot
+
+Array = Any
+
+METHODS = ("adapter", "prefix", "lora", "prompt", "ia3")
+# Logical axis names that enumerate rows of a generated matrix.
+ROW_AXES = ("adapter", "lora_rank", "prefix")
+_NEG_INF = -1e10
+
+
+def method_of(name: str) -> str:
+  """PEFT method of a parameter type: ``"lora_q_a" -> "lora"``."""
+  if name == "prompt":
+    return "prompt"
+  return name.split("_")[0]
+
+
+def check_spec(hypernet: str, spec: PeftSpec, cfg: T5Config,
+               supported: Sequence[str]) -> list[Slot]:
+  """The spec's slots, after checking that ``hypernet`` can generate all of them.
+
+  Raises:
+    ValueError: the spec generates nothing, or contains a method the hypernetwork
+      cannot produce (naming both).
+  """
+  slots = spec.slots(cfg)
+  if not slots:
+    raise ValueError(
+        f"hypernet {hypernet!r}: the PEFT spec generates no parameters (every method "
+        "is off or has size 0); use hypernet='none' for plain T5.")
+  bad = sorted({method_of(s.name) for s in slots} - set(supported))
+  if bad:
+    raise ValueError(
+        f"hypernet {hypernet!r} cannot produce PEFT method(s) {bad}; it generates "
+        f"only {tuple(supported)}. Drop them from the PEFT spec or choose another "
+        "hypernetwork ('hint' generates every method).")
+  return slots
+
+
+def is_output_side(name: str) -> bool:
+  """Types whose zero makes the method the identity; they start near zero."""
+  return (name in ("adapter_up", "prefix_value") or name.startswith("ia3_")
+          or (name.startswith("lora_") and name.endswith("_b")))
+
+
+def target_scale(slot: Slot) -> float:
+  """``fan_in ** -0.5`` for weight matrices (adapters, LoRA), else 1."""
+  if method_of(slot.name) in ("adapter", "lora"):
+    return float(slot.shape[0]) ** -0.5
+  return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+  """How a slot is emitted row by row (see the module docstring)."""
+  slot: Slot
+  rows: int
+  width: int
+  row_axis: Optional[int]        # axis of ``slot.shape`` the rows run along
+  width_axis_name: str           # logical name of the width dimension
+
+  @property
+  def row_axis_name(self) -> str:
+    return "slots" if self.row_axis is None else self.slot.axes[self.row_axis]
+
+
+def row_layout(slot: Slot) -> RowLayout:
+  if len(slot.shape) == 1:
+    return RowLayout(slot, 1, slot.shape[0], None, slot.axes[0])
+  i = 0 if slot.axes[0] in ROW_AXES else 1
+  return RowLayout(slot, slot.shape[i], slot.shape[1 - i], i, slot.axes[1 - i])
+
+
+def rows_to_slot(rows: Array, layout: RowLayout) -> Array:
+  """``[B, rows, width]`` -> ``[B, *slot.shape]``."""
+  if layout.row_axis is None:
+    return rows[:, 0]
+  if layout.row_axis == 0:
+    return rows
+  return jnp.swapaxes(rows, 1, 2)
+
+
+def group_by_type(slots: Sequence[Slot]) -> "collections.OrderedDict[str, list[Slot]]":
+  """Slots per parameter type, types in order of first appearance.
+
+  Raises:
+    ValueError: if one type has two shapes (a spec bug; heads are per type).
+  """
+  groups: collections.OrderedDict[str, list[Slot]] = collections.OrderedDict()
+  for s in slots:
+    groups.setdefault(s.name, []).append(s)
+  for name, group in groups.items():
+    shapes = {s.shape for s in group}
+    if len(shapes) != 1:
+      raise ValueError(f"Parameter type {name!r} has several shapes {shapes}.")
+  return groups
+
+
+def finish(slot: Slot, value: Array, output_scale: float) -> Array:
+  """Scale one generated ``[B, *slot.shape]`` tensor and name its axes."""
+  value = value * (output_scale * target_scale(slot))
+  return constrain(value, ("batch",) + slot.axes)
+
+
+def assemble(values: dict, slots: Sequence[Slot]) -> dict:
+  """``{slot.path: [B, ...]}`` -> the nested slot tree, in spec order."""
+  tree: dict = {}
+  for s in slots:
+    set_path(tree, s.path, values[s.path])
+  return tree
+
+
+def masked_mean_pool(h: Array, mask: Array) -> Array:
+  """Mean of ``h [B, L, D]`` over real tokens (``mask [B, L]``) -> ``[B, D]``.
+
+  An all-padding row pools to zeros rather than NaN.
+  """
+  m = mask.astype(h.dtype)[..., None]
+  total = jnp.sum(h * m, axis=1)
+  count = jnp.maximum(jnp.sum(m, axis=1), 1.0)
+  return total / count
+
+
+def global_layer(slot: Slot, cfg: T5Config) -> int:
+  """Layer index over both stacks: encoder ``0..Le-1``, decoder ``Le..``."""
+  if slot.stack == "decoder":
+    return cfg.num_encoder_layers + slot.layer
+  return max(slot.layer, 0)
+
+
+def sinusoidal_embedding(positions: np.ndarray, dim: int) -> np.ndarray:
+  """Fixed transformer sinusoids ``[N, dim]`` for integer ``positions``."""
+  half = dim // 2
+  freq = np.exp(-np.log(10000.0) * np.arange(half) / max(half, 1))
+  ang = positions[:, None].astype(np.float64) * freq[None]
+  emb = np.concatenate([np.sin(ang), np.cos(ang)], axis=1)
+  if dim % 2:
+    emb = np.concatenate([emb, np.zeros((len(positions), 1))], axis=1)
+  return emb.astype(np.float32)
+
+
+def param(module: nn.Module, name: str, init, shape, axes):
+  """A float32 parameter with logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)),
+                      tuple(shape), jnp.float32)
+
+
+class HyperDense(nn.Module):
+  """``x @ kernel + bias`` with logical axes ``(in_axis, out_axis)``.
+
+  ``init_scale`` multiplies the fan-in normal init (LeCun), so 1 is the usual
+  initialisation and a small value starts the output near zero.
+  """
+  features: int
+  axes: tuple[str, str]
+  init_scale: float = 1.0
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    std = self.init_scale * x.shape[-1] ** -0.5
+    kernel = param(self, "kernel", nn.initializers.normal(std),
+                   (x.shape[-1], self.features), self.axes)
+    y = jnp.einsum("...i,io->...o", x.astype(self.dtype),
+                   jnp.asarray(kernel, self.dtype))
+    if self.use_bias:
+      bias = param(self, "bias", nn.initializers.zeros, (self.features,),
+                   (self.axes[1],))
+      y = y + jnp.asarray(bias, self.dtype)
+    return y
+
+
+class MlpHead(nn.Module):
+  """``Dense -> GELU -> dropout -> Dense``: one per parameter type.
+
+  Maps ``[..., Din]`` to ``[..., out_features]``; the last kernel's axes are
+  ``("hyper_mlp", out_axis)``.
+  """
+  hidden: int
+  out_features: int
+  in_axis: str = "hyper_embed"
+  out_axis: str = "embed"
+  final_init_scale: float = 1.0
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    h = HyperDense(self.hidden, (self.in_axis, "hyper_mlp"), dtype=self.dtype,
+                   name="wi")(x)
+    h = jax.nn.gelu(h, approximate=True)
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return HyperDense(self.out_features, ("hyper_mlp", self.out_axis),
+                      self.final_init_scale, dtype=self.dtype, name="wo")(h)
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention (scaled by ``head_dim ** -0.5``).
+
+  Queries ``[B|-, Q, Dq]`` (unbatched learned queries broadcast), keys/values
+  ``[B, L, Dkv]``, optional boolean ``mask [B, L]`` (True = visible). Returns
+  ``[B, Q, out_features]``.
+  """
+  num_heads: int
+  head_dim: int
+  out_features: int
+  q_axis: str = "hyper_embed"
+  kv_axis: str = "hyper_embed"
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q_in, kv_in, mask=None, deterministic: bool = True):
+    hk = self.num_heads * self.head_dim
+    b = kv_in.shape[0]
+    if q_in.ndim == 2:
+      q_in = jnp.broadcast_to(q_in[None], (b,) + q_in.shape)
+    dense = lambda axis, name: HyperDense(hk, (axis, "hyper_heads"), use_bias=False,
+                                          dtype=self.dtype, name=name)
+    q = dense(self.q_axis, "query")(q_in)
+    k = dense(self.kv_axis, "key")(kv_in)
+    v = dense(self.kv_axis, "value")(kv_in)
+    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
+    q, k, v = split(q), split(k), split(v)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = scores * self.head_dim ** -0.5
+    if mask is not None:
+      scores = jnp.where(mask[:, None, None, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, -1, hk)
+    return HyperDense(self.out_features, ("hyper_heads", "hyper_embed"),
+                      use_bias=False, dtype=self.dtype, name="out")(out)
+
+
+class HypernetBase(nn.Module):
+  """Fields and the optional separate instruction encoder shared by hypernetworks.
+
+  Attributes:
+    config: the backbone configuration (slot shapes depend on it).
+    spec: the PEFT spec whose slots the hypernetwork generates.
+    hidden_dim: hypernetwork width (default: the backbone's ``d_model``).
+    mlp_dim: hidden size of the MLP heads (default: ``hidden_dim``).
+    num_heads: attention heads where the hypernetwork attends.
+    dropout_rate: dropout inside the hypernetwork.
+    output_scale: multiplier on every generated tensor (0 = emit zeros).
+    small_init: initial scale of the last layer for output-side tensors.
+    separate_encoder: read the instruction with an own T5 encoder under
+      ``hypernet/encoder/`` instead of the backbone's encoder.
+    encoder_layers: layers of that separate encoder (default: the backbone's).
+  """
+  config: T5Config
+  spec: PeftSpec
+  hidden_dim: Optional[int] = None
+  mlp_dim: Optional[int] = None
+  num_heads: int = 4
+  dropout_rate: float = 0.1
+  output_scale: float = 1.0
+  small_init: float = 1e-2
+  separate_encoder: bool = False
+  encoder_layers: Optional[int] = None
+
+  NAME = "base"
+  SUPPORTED: tuple[str, ...] = METHODS
+
+  @property
+  def has_encoder(self) -> bool:
+    return self.separate_encoder
+
+  @property
+  def dim(self) -> int:
+    return self.hidden_dim or self.config.d_model
+
+  @property
+  def head_hidden(self) -> int:
+    return self.mlp_dim or self.dim
+
+  @property
+  def dtype(self):
+    return self.config.dtype
+
+  def setup(self):
+    if self.separate_encoder:
+      # Imported here: t5 imports nothing from hypernets, but keep the edge local.
+      from hyper_tasks.models.t5 import Encoder
+      cfg = self.config
+      if self.encoder_layers:
+        cfg = cfg.replace(num_encoder_layers=self.encoder_layers)
+      self.encoder = Encoder(cfg)
+
+  def encode(self, x, mask, deterministic: bool = True):
+    """Embedded instruction ``[B, Lh, D]`` -> token states ``[B, Lh, D]``."""
+    if not self.separate_encoder:
+      raise ValueError(f"hypernet {self.NAME!r} has no separate encoder "
+                       "(separate_encoder=False).")
+    return self.encoder(x, mask, deterministic=deterministic)
+
+  def slots(self) -> list[Slot]:
+    return check_spec(self.NAME, self.spec, self.config, self.SUPPORTED)
+
+  def attn_head_dim(self) -> int:
+    if self.dim % self.num_heads:
+      raise ValueError(f"hypernet {self.NAME!r}: hidden_dim {self.dim} is not "
+                       f"divisible by num_heads {self.num_heads}.")
+    return self.dim // self.num_heads
+
+
+def output_head_init_scale(base: nn.Module, name: str) -> float:
+  return base.small_init if is_output_side(name) else 1.0
+
+
+class HyperNorm(nn.Module):
+  """RMS norm over the hypernetwork width (scale axis ``hyper_embed``)."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],),
+                  ("hyper_embed",))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) +
+                            self.epsilon)
+    return (y * scale).astype(self.dtype)
