@@ -184,6 +184,19 @@ def load_templates(templates_dir: str, dataset: str,
   return sorted(out, key=lambda t: t.name)
 
 
+def t0_rate(num_rows: int, num_templates: int,
+            max_examples: int = 500_000) -> int:
+  """T0's mixing rate of each template task of a dataset (its example cap).
+
+  As in T0's seqio tasks: a dataset with at most ``max_examples`` training rows
+  contributes all of them through every template; a larger one is capped at
+  ``max_examples`` in all, ``max_examples // num_templates`` per template.
+  """
+  if num_rows > max_examples:
+    return max_examples // max(num_templates, 1)
+  return num_rows
+
+
 def task_clean(text: str) -> str:
   """A template or dataset name as a seqio-safe name fragment (as T0 does)."""
   return re.sub(r"[^\w\d\._]+", "_", text).strip("_")

@@ -10,7 +10,9 @@ Per (dataset, template) task, over datasets whose templates and data are present
 Mixtures:
 
   ``t0_train``                           T0's training mixture: each template task
-                                         weighted by min(rows, 500k / #templates)
+                                         weighted by its dataset's training rows,
+                                         or 500k / #templates when the dataset
+                                         has more than 500k rows (p3.t0_rate)
   ``t0_train_<k>_shot[_concat]``         the same with k shots
   ``t0_eval_score_eval``                 T0's held-out set (ANLI R1-R3, CB, COPA,
                                          HellaSwag, RTE, StoryCloze, WiC,
@@ -157,10 +159,12 @@ class _TaskSpec:
     return ds
 
 
-def _rate(reader: RowReader, cap: int, task: seqio.Task) -> float:
-  """T0's mixing rate: the training rows, capped per template."""
+def _rate(reader: RowReader, num_templates: int, max_examples: int,
+          task: seqio.Task) -> float:
+  """T0's mixing rate of one template task (rows are counted when mixing)."""
   del task
-  return float(min(reader.num_rows("train"), cap))
+  return float(p3.t0_rate(reader.num_rows("train"), num_templates,
+                          max_examples))
 
 
 def _task_name(dataset: p3.P3Dataset, template: p3.Template,
@@ -237,7 +241,6 @@ def register_t0(templates_dir: str,
                                     dataset.subset)
       if score_eval:
         templates = [t for t in templates if t.original_task]
-      cap = max_examples_per_dataset // max(len(templates), 1)
       for template in templates:
         base = _task_name(dataset, template, taken)
         if score_eval:
@@ -253,7 +256,8 @@ def register_t0(templates_dir: str,
                   sources.text_task_kwargs,
                   sources.RecordsSource(spec.dataset_fn, splits), vocabulary,
                   extra_preprocessors=extra))
-          rate = 1.0 if score_eval else functools.partial(_rate, reader, cap)
+          rate = 1.0 if score_eval else functools.partial(
+              _rate, reader, len(templates), max_examples_per_dataset)
           members[(score_eval, k, in_inputs)].append((name, rate))
           names.append(name)
 
