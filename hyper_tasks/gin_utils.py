@@ -1,0 +1,196 @@
+"""Gin flags shared by every entry point (t5x style).
+
+  --gin_file=experiments/hint_finetune_sni.gin   (repeatable; relative to search paths)
+  --gin.MODEL_DIR="'/tmp/run'"                   (any binding; repeatable)
+  --gin_bindings="train.num_steps = 10"          (t5x spelling, repeatable)
+  --gin_search_paths=/my/gin,/other              (comma-separated; default below)
+
+Search paths: the given ones, then ``$HYPER_TASKS_GIN_DIR`` (colon-separated) when
+set, then the repository's ``gin/`` directory found next to the package (a source
+checkout or an editable install) or inside it (``hyper_tasks/gin`` in a wheel), then
+the current directory.
+
+Every module that defines configurables is imported first
+(:func:`import_configurables`), so a binding for an unknown configurable or
+parameter fails with :class:`GinConfigError` naming the binding or file instead of
+gin's generic message. :func:`write_operative_config` writes
+``MODEL_DIR/config.gin``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import Optional
+
+import gin
+
+GIN_DIR_ENV = "HYPER_TASKS_GIN_DIR"
+CONFIG_FILE = "config.gin"
+
+# Modules whose gin configurables entry points may bind. Optional ones (being
+# written by other parts of the project) are skipped when absent.
+CONFIGURABLE_MODULES = (
+    "hyper_tasks.train.optimizers",
+    "hyper_tasks.train.partitioning",
+    "hyper_tasks.train.initial_restore",
+    "hyper_tasks.train.train_eval",
+    "hyper_tasks.train.trainer",
+    "hyper_tasks.data.registry",
+    "hyper_tasks.data.c4",
+    "hyper_tasks.models.builders",
+    "hyper_tasks.models.hypernets",
+    "hyper_tasks.evaluation.evaluator",
+    "hyper_tasks.eval",
+    "hyper_tasks.infer",
+)
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding that cannot be applied."""
+
+
+@dataclasses.dataclass
+class GinArgs:
+  """Parsed gin flags."""
+  gin_files: list[str]
+  bindings: list[str]
+  search_paths: list[str]
+
+
+def default_search_paths() -> list[str]:
+  """``$HYPER_TASKS_GIN_DIR``, the repo's ``gin/`` dir, the current directory."""
+  paths = []
+  env = os.environ.get(GIN_DIR_ENV)
+  if env:
+    paths += [p for p in env.split(os.pathsep) if p]
+  package_dir = os.path.dirname(os.path.abspath(__file__))
+  for candidate in (os.path.join(os.path.dirname(package_dir), "gin"),
+                    os.path.join(package_dir, "gin")):
+    if os.path.isdir(candidate):
+      paths.append(candidate)
+  paths.append(os.getcwd())
+  return paths
+
+
+def repo_gin_dir() -> Optional[str]:
+  """The repository's ``gin/`` directory, if found."""
+  for path in default_search_paths():
+    if os.path.isdir(os.path.join(path, "experiments")):
+      return path
+  return None
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds ``--gin_file``, ``--gin_bindings`` and ``--gin_search_paths``."""
+  parser.add_argument("--gin_file", "--gin_files", action="append", default=[],
+                      dest="gin_file", help="gin file (repeatable).")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="gin binding, e.g. \"train.num_steps = 10\" (repeatable).")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="comma-separated directories searched for gin files "
+                           "and includes.")
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Pulls ``--gin.NAME=VALUE`` (or ``--gin.NAME VALUE``) out of ``argv``.
+
+  Returns:
+    ``(bindings like "NAME = VALUE", remaining argv)``.
+  """
+  bindings, rest = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--gin."):
+      body = arg[len("--gin."):]
+      if "=" in body:
+        name, value = body.split("=", 1)
+      else:
+        if i + 1 >= len(argv):
+          raise GinConfigError(f"{arg}: missing value.")
+        name, value = body, argv[i + 1]
+        i += 1
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+    i += 1
+  return bindings, rest
+
+
+def gin_args_from(namespace: argparse.Namespace, dotted: Sequence[str]) -> GinArgs:
+  paths = [p for group in namespace.gin_search_paths for p in group.split(",") if p]
+  return GinArgs(list(namespace.gin_file), list(namespace.gin_bindings) + list(dotted),
+                 paths)
+
+
+def import_configurables(modules: Iterable[str] = CONFIGURABLE_MODULES) -> None:
+  """Imports every module that registers configurables (absent ones skipped)."""
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name and name.startswith(e.name):
+        logging.debug("gin: optional module %s not present.", name)
+      else:
+        raise
+
+
+def _resolve_file(path: str, search_paths: Sequence[str]) -> str:
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  for base in search_paths:
+    candidate = os.path.join(base, path)
+    if os.path.exists(candidate):
+      return candidate
+  raise GinConfigError(f"gin file {path!r} not found (searched {list(search_paths)}).")
+
+
+def _clear_error(e: Exception, where: str) -> GinConfigError:
+  return GinConfigError(f"{where}: {e}")
+
+
+def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
+          search_paths: Sequence[str] = (), finalize: bool = True,
+          import_modules: bool = True) -> None:
+  """Parses gin files then bindings (bindings override files).
+
+  Raises:
+    GinConfigError: a missing file, an unknown configurable or parameter, or a
+      malformed binding; the message names the file or binding.
+  """
+  if import_modules:
+    import_configurables()
+  paths = list(search_paths) + default_search_paths()
+  for path in paths:
+    gin.add_config_file_search_path(path)
+  for f in gin_files:
+    resolved = _resolve_file(f, paths)
+    try:
+      gin.parse_config_file(resolved)
+    except (ValueError, KeyError, SyntaxError, IOError) as e:
+      raise _clear_error(e, f"gin file {resolved}") from e
+  for b in bindings:
+    try:
+      gin.parse_config(b)
+    except (ValueError, KeyError, SyntaxError) as e:
+      raise _clear_error(e, f"gin binding {b!r}") from e
+  if finalize:
+    gin.finalize()
+
+
+def parse_from_args(args: GinArgs, finalize: bool = True) -> None:
+  parse(args.gin_files, args.bindings, args.search_paths, finalize=finalize)
+
+
+def write_operative_config(model_dir: str) -> str:
+  """Writes the operative config (what was actually used) to ``config.gin``."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  text = gin.operative_config_str() or gin.config_str()
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return path

@@ -1,0 +1,155 @@
+"""The jitted train step: microbatched gradients, grouped update, NaN guard, metrics.
+
+``make_train_step`` returns a pure function ``(state, batch) -> (state, metrics)``:
+
+* **Microbatching** (gradient accumulation): the batch ``[B, ...]`` is split into
+  ``M`` microbatches of ``B / M`` examples with a ``lax.scan``. Microbatch ``i`` takes
+  rows ``i, i + M, i + 2M, ...``: when each device holds a contiguous block of the
+  (data-sharded) batch, every microbatch is then spread over all devices and the
+  split needs no communication. With the default token-mean loss, each
+  microbatch's gradient is weighted by its share of the batch's loss weights, so the
+  accumulated gradient equals the full-batch gradient (up to float summation
+  order) whatever ``M`` is.
+* **Dropout**: microbatch ``i`` of step ``s`` uses ``fold_in(fold_in(rng, s), i)``.
+* **NaN/Inf guard**: when the loss or any gradient is not finite the state is left
+  unchanged (the update is discarded on device) and ``metrics["finite"]`` is 0; the
+  trainer stops with an error naming the step, so no checkpoint ever holds NaNs.
+* **Metrics** (device scalars): loss, z_loss, accuracy, num_tokens, num_examples,
+  ``learning_rate/<group>``, ``grad_norm/<group>``, ``param_norm/<group>`` and their
+  global ``grad_norm``/``param_norm``; frozen groups report parameter norms only.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hyper_tasks.train import optimizers
+from hyper_tasks.train import tree_utils
+from hyper_tasks.train.train_state import TrainState
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+_SUMMED = ("num_tokens", "num_examples")
+_WEIGHTED = ("loss", "z_loss", "accuracy")
+
+
+def loss_weights(batch: Batch) -> jax.Array:
+  """``decoder_loss_weights`` (or non-padding targets) as float32 ``[B, Lt]``."""
+  w = batch.get("decoder_loss_weights")
+  if w is None:
+    w = batch["decoder_target_tokens"] > 0
+  return w.astype(jnp.float32)
+
+
+def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  """``[B, ...]`` -> ``[M, B / M, ...]``; microbatch i holds rows i, i + M, ..."""
+  def one(x):
+    b = x.shape[0]
+    if b % num_microbatches:
+      raise ValueError(f"Batch size {b} is not divisible by num_microbatches="
+                       f"{num_microbatches}.")
+    x = x.reshape((b // num_microbatches, num_microbatches) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return {k: one(v) for k, v in batch.items()}
+
+
+def _group_sq_norms(tree: PyTree, path_group: Mapping[str, str],
+                    groups: tuple[str, ...]) -> dict[str, jax.Array]:
+  """``{group: sum of squares}`` of a parameter-shaped tree."""
+  out = {g: jnp.zeros((), jnp.float32) for g in groups}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    g = path_group[tree_utils.path_str(path)]
+    out[g] = out[g] + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+  return out
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
+                    path_group: Mapping[str, str],
+                    num_microbatches: int = 1) -> Callable[..., Any]:
+  """Builds ``train_step(state, batch) -> (new_state, metrics)`` (not yet jitted).
+
+  Args:
+    model: an ``EncoderDecoderModel`` (``loss_fn(params, batch, dropout_rng)``).
+    optimizer: the grouped optimizer.
+    path_group: ``{parameter path: group}`` (``optimizer.group_of(params)``).
+    num_microbatches: gradient-accumulation steps per batch.
+  """
+  groups = optimizer.group_names
+  frozen = {g.name for g in optimizer.groups if g.frozen}
+  token_mean = model.loss_normalizing_factor == "num_real_target_tokens"
+
+  def grads_and_metrics(params, batch, step_rng):
+    if num_microbatches <= 1:
+      grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+      (_, metrics), grads = grad_fn(params, batch, step_rng)
+      return grads, {k: metrics[k] for k in _WEIGHTED + _SUMMED}
+
+    micro = split_microbatches(batch, num_microbatches)
+    total_weight = jnp.maximum(jnp.sum(loss_weights(batch)), 1.0)
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+
+    def body(carry, inputs):
+      grads_acc, metrics_acc = carry
+      i, mb = inputs
+      (_, m), g = grad_fn(params, mb, jax.random.fold_in(step_rng, i))
+      # Token-mean loss: microbatch means are re-weighted by their token share.
+      share = (jnp.sum(loss_weights(mb)) / total_weight if token_mean
+               else jnp.asarray(1.0, jnp.float32))
+      grads_acc = jax.tree.map(lambda a, x: a + share * x.astype(a.dtype),
+                               grads_acc, g)
+      metrics_acc = dict(metrics_acc)
+      for k in _WEIGHTED:
+        w = share if k != "accuracy" else (
+            jnp.sum(loss_weights(mb)) / total_weight)
+        metrics_acc[k] = metrics_acc[k] + w * m[k]
+      for k in _SUMMED:
+        metrics_acc[k] = metrics_acc[k] + m[k]
+      return (grads_acc, metrics_acc), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    metrics0 = {k: jnp.zeros((), jnp.float32) for k in _WEIGHTED + _SUMMED}
+    steps = jnp.arange(num_microbatches)
+    (grads, metrics), _ = jax.lax.scan(body, (zeros, metrics0), (steps, micro))
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    return grads, metrics
+
+  def train_step(state: TrainState, batch: Batch):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    grads, metrics = grads_and_metrics(state.params, batch, step_rng)
+    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+    new_params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+    finite = jnp.logical_and(_all_finite(grads), jnp.isfinite(metrics["loss"]))
+    # A non-finite step changes nothing (the trainer then stops and names it).
+    keep = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(step=state.step + 1,
+                              params=keep(new_params, state.params),
+                              opt_state=keep(new_opt, state.opt_state))
+
+    metrics = dict(metrics)
+    metrics["finite"] = finite.astype(jnp.float32)
+    lrs = optimizer.learning_rates(state.opt_state)
+    grad_sq = _group_sq_norms(grads, path_group, groups)
+    param_sq = _group_sq_norms(state.params, path_group, groups)
+    for g in groups:
+      metrics[f"learning_rate/{g}"] = lrs[g]
+      metrics[f"param_norm/{g}"] = jnp.sqrt(param_sq[g])
+      if g not in frozen:
+        metrics[f"grad_norm/{g}"] = jnp.sqrt(grad_sq[g])
+    trainable = [g for g in groups if g not in frozen]
+    metrics["grad_norm"] = jnp.sqrt(sum((grad_sq[g] for g in trainable),
+                                        jnp.zeros((), jnp.float32)))
+    metrics["param_norm"] = jnp.sqrt(sum(param_sq.values(),
+                                         jnp.zeros((), jnp.float32)))
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,63 @@
+"""Evaluation during training: the evaluator on the current parameters.
+
+Every ``eval_period`` steps the trainer calls :func:`run`, which hands the live
+(sharded) parameters to ``hyper_tasks.evaluation.evaluator.evaluate`` and writes the
+report the standalone ``eval`` entry point would: JSON in
+``MODEL_DIR/eval_results/step_<N>.json`` and its scalars in TensorBoard under
+``MODEL_DIR/eval``. Only process 0 writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import gin
+import jax
+
+EVAL_SUBDIR = "eval"
+
+
+@gin.configurable(module="hyper_tasks.train")
+@dataclasses.dataclass(frozen=True)
+class TrainEval:
+  """What to evaluate during training.
+
+  Attributes:
+    mixture_or_task_name: seqio task or mixture (a mixture covers several tasks in
+      one report).
+    split: its split (default: the evaluator's default).
+    sequence_lengths: default: the training lengths.
+    batch_size: evaluation batch size.
+    max_examples: cap on examples (quick checks).
+    evaluate_kwargs: further ``evaluate`` arguments (``decode_method``, ...).
+  """
+  mixture_or_task_name: str
+  split: Optional[str] = None
+  sequence_lengths: Optional[Mapping[str, int]] = None
+  batch_size: int = 8
+  max_examples: Optional[int] = None
+  evaluate_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run(cfg: TrainEval, model, params, step: int, model_dir: str,
+        train_sequence_lengths: Mapping[str, int]) -> dict:
+  """Evaluates ``params`` at ``step`` and writes the report; returns it."""
+  # pylint: disable=g-import-not-at-top
+  from hyper_tasks.evaluation import evaluator
+  from hyper_tasks.evaluation import report as report_lib
+  import gin as gin_lib
+  kwargs = dict(cfg.evaluate_kwargs)
+  if cfg.split is not None:
+    kwargs["split"] = cfg.split
+  rep = evaluator.evaluate(
+      model, params, cfg.mixture_or_task_name,
+      sequence_lengths=dict(cfg.sequence_lengths or train_sequence_lengths),
+      batch_size=cfg.batch_size, max_examples=cfg.max_examples, step=step,
+      config_str=gin_lib.config_str(), progress=False, **kwargs)
+  if jax.process_index() == 0:
+    report_lib.write_report(model_dir, rep)
+    report_lib.write_scalars(os.path.join(model_dir, EVAL_SUBDIR), step,
+                             report_lib.flatten_metrics(rep))
+  return rep
