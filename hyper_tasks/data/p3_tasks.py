@@ -168,12 +168,17 @@ def _rate(reader: RowReader, num_templates: int, max_examples: int,
 
 
 def _task_name(dataset: p3.P3Dataset, template: p3.Template,
-               taken: set[str]) -> str:
-  name = f"p3_{dataset.task_key}_{p3.task_clean(template.name)}"
-  if name in taken:  # Two template names that clean to the same string.
-    name = f"{name}_{p3.task_clean(template.id)[:8]}"
-  taken.add(name)
-  return name
+               taken: set[str], suffix: str = "") -> str:
+  """``p3_<dataset>_<template><suffix>``, unique among ``taken``.
+
+  A dataset may be both trained on and held out (``suffix`` ``_score_eval``):
+  its two tasks of one template keep the same stem.
+  """
+  stem = f"p3_{dataset.task_key}_{p3.task_clean(template.name)}"
+  if stem + suffix in taken:  # Two template names that clean to one string.
+    stem = f"{stem}_{p3.task_clean(template.id)[:8]}"
+  taken.add(stem + suffix)
+  return stem + suffix
 
 
 def _suffix(shots: int, in_inputs: bool) -> str:
@@ -242,9 +247,8 @@ def register_t0(templates_dir: str,
       if score_eval:
         templates = [t for t in templates if t.original_task]
       for template in templates:
-        base = _task_name(dataset, template, taken)
-        if score_eval:
-          base += "_score_eval"
+        base = _task_name(dataset, template, taken,
+                          "_score_eval" if score_eval else "")
         for k, in_inputs in variants:
           spec = _TaskSpec(reader, template, score_eval, k, in_inputs,
                            max_shot_pool, seed)

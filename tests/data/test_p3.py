@@ -1,0 +1,387 @@
+"""P3 / T0: promptsource rendering, rank classification, T0 cap, few-shot shots."""
+import json
+import os
+import textwrap
+
+import pytest
+import seqio
+import tensorflow as tf
+
+from hyper_tasks.data import features as F
+from hyper_tasks.data import p3
+from hyper_tasks.data import p3_tasks
+from hyper_tasks.data import pipeline
+
+TEMPLATES_YAML = textwrap.dedent("""\
+    dataset: toyds
+    subset: sub
+    templates:
+      id-b: !Template
+        answer_choices: no ||| yes
+        id: id-b
+        jinja: 'Is "{{ sentence }}" about {{ topic }}? ||| {% if label != -1 %}{{ answer_choices[label] }}{% endif %}'
+        metadata: !TemplateMetadata
+          choices_in_prompt: false
+          metrics:
+          - Accuracy
+          original_task: true
+        name: is about
+        reference: ''
+      id-a: !Template
+        answer_choices: '{{ topic }} ||| something else'
+        id: id-a
+        jinja: "{{ sentence }}\\nTopic: {{ answer_choices | join(\\" or \\") }}? ||| {{ answer_choices[1 - label] }}"
+        metadata: !TemplateMetadata
+          choices_in_prompt: true
+          metrics:
+          - Accuracy
+          original_task: true
+        name: a topic
+        reference: ''
+      id-c: !Template
+        id: id-c
+        jinja: 'Write a sentence about {{ topic }}. ||| {{ sentence }}'
+        metadata: !TemplateMetadata
+          choices_in_prompt: false
+          metrics:
+          - ROUGE
+          original_task: false
+        name: generate
+        reference: ''
+    """)
+
+
+def _rows(n, offset=0):
+  return [{"sentence": f"Sentence number {offset + i}.",
+           "topic": ["cats", "dogs", "birds"][i % 3], "label": i % 2,
+           "idx": offset + i} for i in range(n)]
+
+
+def _write_dataset(root, name, subset, templates_yaml, splits):
+  tdir = root / "templates" / name / subset
+  tdir.mkdir(parents=True)
+  (tdir / "templates.yaml").write_text(templates_yaml)
+  ddir = root / "data" / name / subset
+  ddir.mkdir(parents=True)
+  for split, rows in splits.items():
+    (ddir / f"{split}.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows))
+  return str(root / "templates"), str(root / "data")
+
+
+@pytest.fixture
+def toy_p3(tmp_path):
+  """(templates_dir, data_dir) with one dataset: 9 train and 6 validation rows."""
+  return _write_dataset(tmp_path, "toyds", "sub", TEMPLATES_YAML,
+                        {"train": _rows(9), "validation": _rows(6, 100)})
+
+
+TOYDS = p3.P3Dataset("toyds", "sub")
+
+
+# ----------------------------------------------------------------- rendering
+
+
+def test_load_templates_reads_promptsource_yaml(toy_p3):
+  templates = p3.load_templates(toy_p3[0], "toyds", "sub")
+  assert [t.name for t in templates] == ["a topic", "generate", "is about"]
+  by_name = {t.name: t for t in templates}
+  assert by_name["is about"].original_task
+  assert not by_name["generate"].original_task
+  assert by_name["a topic"].choices_in_prompt
+  assert by_name["is about"].metrics == ("Accuracy",)
+  assert by_name["generate"].answer_choices is None
+
+
+def test_render_matches_hand_computed_prompts(toy_p3):
+  t = {x.name: x for x in p3.load_templates(toy_p3[0], "toyds", "sub")}
+  row = {"sentence": "A cat sat.", "topic": "cats", "label": 1}
+  r = p3.render(t["is about"], row)
+  assert (r.prompt, r.target, r.choices) == (
+      'Is "A cat sat." about cats?', "yes", ("no", "yes"))
+  r = p3.render(t["a topic"], row)
+  assert (r.prompt, r.target, r.choices) == (
+      "A cat sat.\nTopic: cats or something else?", "cats",
+      ("cats", "something else"))
+  r = p3.render(t["generate"], row)
+  assert (r.prompt, r.target, r.choices) == (
+      "Write a sentence about cats.", "A cat sat.", None)
+  # An unlabeled row gives no target, hence no record.
+  assert p3.render(t["is about"], {**row, "label": -1}) is None
+
+
+def test_render_protects_pipes_and_hyphens_and_truncates():
+  template = p3.Template(name="t", jinja="{{ a_b }} ||| {{ c }}")
+  r = p3.render(template, {"a-b": "x ||| y", "c": "z"})
+  assert (r.prompt, r.target) == ("x ||| y", "z")
+  long_text = "word " * 1000
+  r = p3.render(template, {"a-b": long_text, "c": "z"})
+  # promptsource pipes every variable through ``truncate(2048)``.
+  assert r.prompt.endswith("...") and len(r.prompt) <= 2048
+  with pytest.raises(ValueError, match="answer_choices"):
+    template.apply({"a_b": "x", "c": "y", "answer_choices": []})
+
+
+def test_choice_filter_is_seeded():
+  template = p3.Template(
+      name="t", jinja="{{ options | choice }} ||| {{ options | choice }}")
+  row = {"options": [str(i) for i in range(100)]}
+  assert template.apply(row, seed=3) == template.apply(row, seed=3)
+  renders = {tuple(template.apply(row, seed=s)) for s in range(5)}
+  assert len(renders) > 1
+  frequent = p3.Template(name="f", jinja="{{ xs | most_frequent }}")
+  assert frequent.apply({"xs": ["a", "b", "b", "a", "c"]}) == ["['a', 'b']"]
+
+
+# -------------------------------------------------------- rank classification
+
+
+def test_rank_classification_one_example_per_choice():
+  records = [
+      {**F.make_example("p0", "p0", "yes", "d", example_id="e0"),
+       p3.ANSWER_CHOICES: ["no", "yes", "maybe"]},
+      {**F.make_example("p1", "p1", "no", "d", example_id="e1"),
+       p3.ANSWER_CHOICES: ["no", "yes"]},
+      {**F.make_example("p2", "p2", "x", "d", example_id="e2"),
+       p3.ANSWER_CHOICES: []},  # No choices: dropped.
+  ]
+  signature = dict(F.RECORD_SIGNATURE)
+  signature[p3.ANSWER_CHOICES] = tf.TensorSpec([None], tf.string)
+  ds = tf.data.Dataset.from_generator(lambda: iter(records),
+                                      output_signature=signature)
+  out = [F.decode_example(ex) for ex in
+         p3.rank_classification(ds).as_numpy_iterator()]
+  got = [(r[F.EXAMPLE_ID], r[F.INPUTS], r[F.TARGETS], r[F.CHOICE_INDEX],
+          r[F.IS_CORRECT], r[F.NUM_CHOICES]) for r in out]
+  assert got == [("e0", "p0", "no", 0, 0, 3), ("e0", "p0", "yes", 1, 1, 3),
+                 ("e0", "p0", "maybe", 2, 0, 3), ("e1", "p1", "no", 0, 1, 2),
+                 ("e1", "p1", "yes", 1, 0, 2)]
+  assert all(r[F.REFERENCES] == json.dumps([r[F.INPUTS] == "p0" and "yes"
+                                            or "no"]) for r in out)
+
+
+# ---------------------------------------------------------------- T0 mixture
+
+
+@pytest.mark.parametrize("rows, templates, cap, rate", [
+    (1_000, 10, 500_000, 1_000),        # Small datasets are not capped.
+    (500_000, 10, 500_000, 500_000),
+    (2_000_000, 10, 500_000, 50_000),   # 500k in all, shared by templates.
+    (2_000_000, 3, 500_000, 166_666),
+    (12, 3, 10, 3),
+])
+def test_t0_rate(rows, templates, cap, rate):
+  assert p3.t0_rate(rows, templates, cap) == rate
+
+
+def test_t0_train_mixture_applies_the_cap(tmp_path, clean_registry):
+  templates_dir, data_dir = _write_dataset(
+      tmp_path, "bigds", "sub", TEMPLATES_YAML, {"train": _rows(12)})
+  _write_dataset(tmp_path / "second", "smallds", "sub", TEMPLATES_YAML,
+                 {"train": _rows(5)})
+  small = tmp_path / "second"
+  (tmp_path / "templates" / "smallds").symlink_to(small / "templates" /
+                                                  "smallds")
+  (tmp_path / "data" / "smallds").symlink_to(small / "data" / "smallds")
+  names = p3_tasks.register_t0(
+      templates_dir, data_dir,
+      train_datasets=(p3.P3Dataset("bigds", "sub"),
+                      p3.P3Dataset("smallds", "sub")),
+      eval_datasets=(), shots=(), max_examples_per_dataset=10)
+  assert "t0_train" in names
+  mixture = seqio.get_mixture_or_task("t0_train")
+  rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+  assert rates == {
+      "p3_bigds_sub_a_topic": 3.0, "p3_bigds_sub_generate": 3.0,
+      "p3_bigds_sub_is_about": 3.0, "p3_smallds_sub_a_topic": 5.0,
+      "p3_smallds_sub_generate": 5.0, "p3_smallds_sub_is_about": 5.0}
+
+
+# ----------------------------------------------------------------- few-shot
+
+
+def _register_toy(toy_p3, shots=(2,)):
+  return p3_tasks.register_t0(
+      toy_p3[0], toy_p3[1], train_datasets=(TOYDS,), eval_datasets=(TOYDS,),
+      shots=shots)
+
+
+def test_registration_names(toy_p3, clean_registry):
+  names = set(_register_toy(toy_p3))
+  assert {"t0_train", "t0_train_2_shot", "t0_train_2_shot_concat",
+          "t0_eval_score_eval", "t0_eval_score_eval_2_shot",
+          "t0_eval_score_eval_2_shot_concat", "p3_toyds_sub_generate",
+          "p3_toyds_sub_is_about_score_eval_2_shot"} <= names
+  # Held-out evaluation uses the original-task templates only.
+  eval_tasks = {t.name for t in
+                seqio.get_mixture_or_task("t0_eval_score_eval").tasks}
+  assert eval_tasks == {"p3_toyds_sub_a_topic_score_eval",
+                        "p3_toyds_sub_is_about_score_eval"}
+
+
+def test_score_eval_records_from_registered_task(toy_p3, clean_registry):
+  _register_toy(toy_p3)
+  records = pipeline.load_examples("p3_toyds_sub_is_about_score_eval",
+                                   "validation")
+  assert len(records) == 12  # 6 rows x 2 choices.
+  first = records[:2]
+  assert [r[F.INPUTS] for r in first] == ['Is "Sentence number 100." about '
+                                          'cats?'] * 2
+  assert [r[F.TARGETS] for r in first] == ["no", "yes"]
+  assert [r[F.IS_CORRECT] for r in first] == [1, 0]  # label 0 -> "no".
+  assert {r[F.EXAMPLE_ID] for r in first} == {"toyds_sub-validation-0"}
+  for r in records:
+    assert r[F.HYPER_INPUTS] == r[F.INPUTS]
+    assert r[F.TEMPLATE] == "is about"
+
+
+def _prompt_of(row):
+  return f'Is "{row["sentence"]}" about {row["topic"]}?'
+
+
+@pytest.mark.parametrize("name, split, pool", [
+    ("p3_toyds_sub_is_about_score_eval_2_shot", "validation", _rows(9)),
+    ("p3_toyds_sub_is_about_2_shot", "train", _rows(9)),
+])
+def test_few_shot_hint_format_and_no_self_shots(toy_p3, clean_registry, name,
+                                                split, pool):
+  _register_toy(toy_p3)
+  labels = ["no", "yes"]
+  shot_texts = {f"{_prompt_of(r)}\n{labels[r['label']]}" for r in pool}
+  records = pipeline.load_examples(name, split)
+  assert records
+  for r in records:
+    # HINT: the shots and the prompt in hyper_inputs, the prompt alone in inputs.
+    parts = r[F.HYPER_INPUTS].split("\n\n")
+    assert len(parts) == 3
+    assert parts[2] == r[F.INPUTS]
+    assert all(s in shot_texts for s in parts[:2])
+    assert parts[0] != parts[1]
+    own = r[F.INPUTS]
+    assert not any(s.startswith(own + "\n") for s in parts[:2]), r
+  # The shots are a seeded function of the example: the same on every read.
+  assert records == pipeline.load_examples(name, split)
+
+
+def test_few_shot_same_split_pool_excludes_the_example(tmp_path,
+                                                       clean_registry):
+  # Only a validation split: shots come from it, never the example itself.
+  templates_dir, data_dir = _write_dataset(
+      tmp_path, "evalonly", "sub", TEMPLATES_YAML,
+      {"validation": _rows(4)})
+  dataset = p3.P3Dataset("evalonly", "sub")
+  p3_tasks.register_t0(templates_dir, data_dir, train_datasets=(),
+                       eval_datasets=(dataset,), shots=(3,))
+  records = pipeline.load_examples(
+      "p3_evalonly_sub_is_about_score_eval_3_shot", "validation")
+  assert len(records) == 8
+  for r in records:
+    shots = r[F.HYPER_INPUTS].split("\n\n")[:-1]
+    assert len(shots) == 3
+    assert all(not s.startswith(r[F.INPUTS] + "\n") for s in shots)
+
+
+def test_few_shot_concat_puts_shots_in_inputs(toy_p3, clean_registry):
+  _register_toy(toy_p3)
+  hint = pipeline.load_examples("p3_toyds_sub_generate_2_shot", "train")
+  concat = pipeline.load_examples("p3_toyds_sub_generate_2_shot_concat",
+                                  "train")
+  assert len(hint) == len(concat) == 9
+  for h, c in zip(hint, concat):
+    assert c[F.HYPER_INPUTS] == ""
+    assert c[F.INPUTS] == h[F.HYPER_INPUTS]
+    assert c[F.TARGETS] == h[F.TARGETS]
+
+
+def test_format_shots_hand_written():
+  shots = [p3.Rendered("Q1?", "A1", None), p3.Rendered("Q2?", "A2", None)]
+  record = p3.make_record(TOYDS, p3.Template("t", "x"),
+                          p3.Rendered("Q?", "A", None), "id", shots=shots)
+  assert record[F.HYPER_INPUTS] == "Q1?\nA1\n\nQ2?\nA2\n\nQ?"
+  assert record[F.INPUTS] == "Q?"
+  record = p3.make_record(TOYDS, p3.Template("t", "x"),
+                          p3.Rendered("Q?", "A", None), "id", shots=shots,
+                          shots_in_inputs=True)
+  assert (record[F.HYPER_INPUTS], record[F.INPUTS]) == (
+      "", "Q1?\nA1\n\nQ2?\nA2\n\nQ?")
+
+
+def test_pick_shots_never_returns_the_row():
+  pool = [(i, p3.Rendered(f"q{i}", f"a{i}", None)) for i in range(6)]
+  for index in range(6):
+    for seed in range(5):
+      shots = p3.pick_shots(pool, 5, index, True, seed, "salt")
+      assert len(shots) == 5
+      assert p3.Rendered(f"q{index}", f"a{index}", None) not in shots
+  # A pool from another split may hold the same index.
+  shots = p3.pick_shots(pool, 6, 0, False, 0, "salt")
+  assert len(shots) == 6
+
+
+# ------------------------------------------------------ real data (optional)
+
+
+def test_real_copa_and_wsc_through_real_templates(shared_data,
+                                                  clean_registry):
+  names = p3_tasks.register_t0(
+      str(shared_data / "p3" / "promptsource_templates"),
+      str(shared_data / "p3"), shots=(1,))
+  assert "t0_eval_score_eval" in names
+  assert "t0_train" not in names  # No training data is present.
+  mixture = seqio.get_mixture_or_task("t0_eval_score_eval")
+  task_names = [t.name for t in mixture.tasks]
+  assert any("copa" in n for n in task_names)
+  assert any("wsc" in n for n in task_names)
+  for name in task_names:
+    # The first 10 examples of each template (TF reads are slow one by one).
+    records = pipeline.load_examples(name, "validation", max_examples=20)
+    assert records, name
+    by_example = {}
+    for r in records:
+      by_example.setdefault(r[F.EXAMPLE_ID], []).append(r)
+    for group in by_example.values():
+      assert len(group) == group[0][F.NUM_CHOICES] == 2
+      assert sum(r[F.IS_CORRECT] for r in group) == 1, name
+  copa = pipeline.load_examples("p3_super_glue_copa_exercise_score_eval",
+                                "validation", max_examples=2)
+  assert copa[0][F.INPUTS] == (
+      "Exercise: choose the most plausible alternative.\n\n"
+      "The man turned on the faucet.  so... \n"
+      "- The toilet filled with water.\n- Water flowed from the spout.")
+  assert [r[F.TARGETS] for r in copa] == ["The toilet filled with water.",
+                                          "Water flowed from the spout."]
+  assert [r[F.IS_CORRECT] for r in copa] == [0, 1]
+  wsc = pipeline.load_examples(
+      "p3_super_glue_wsc.fixed_by_p_they_mean_score_eval", "validation",
+      max_examples=2)
+  assert wsc[0][F.INPUTS] == (
+      "Bernard , who had not told the government official that he was less "
+      "than 21 when he filed for a homestead claim, did not consider that he "
+      "had done anything dishonest. Still, anyone who knew that he was 19 "
+      "years old could take his claim away from him . Here, by \"him\" they "
+      "mean \"anyone\". Yes or no?")
+  assert [(r[F.TARGETS], r[F.IS_CORRECT]) for r in wsc] == [("No", 1),
+                                                          ("Yes", 0)]
+  one_shot = pipeline.load_examples(
+      "p3_super_glue_copa_exercise_score_eval_1_shot", "validation",
+      max_examples=2)
+  assert one_shot[0][F.INPUTS] == copa[0][F.INPUTS]
+  assert one_shot[0][F.HYPER_INPUTS].endswith("\n\n" + copa[0][F.INPUTS])
+  shot = one_shot[0][F.HYPER_INPUTS][:-len(copa[0][F.INPUTS]) - 2]
+  assert shot and not shot.startswith(copa[0][F.INPUTS] + "\n")
+
+
+def test_real_template_files_all_parse(shared_data):
+  root = shared_data / "p3" / "promptsource_templates"
+  count = 0
+  for path in sorted(root.glob("**/templates.yaml")):
+    rel = path.parent.relative_to(root).parts
+    count += len(p3.load_templates(str(root), rel[0],
+                                   rel[1] if len(rel) > 1 else None))
+  assert count > 1000
+  # Jinja compilation is slow (about 10 ms a template): T0's held-out sets only.
+  for dataset in p3.T0_EVAL_DATASETS:
+    if os.path.exists(p3.template_path(str(root), dataset.name,
+                                       dataset.subset)):
+      for t in p3.load_templates(str(root), dataset.name, dataset.subset):
+        assert t._compiled is not None  # pylint: disable=protected-access
