@@ -1,0 +1,260 @@
+"""Train-step throughput: our jitted T5 (+ Adafactor) against transformers' PyTorch T5.
+
+One full training step -- forward, backward, optimizer update, dropout on -- of the
+same architecture in both frameworks, in the same process, on the same random batch:
+
+    python benchmarks/train_step.py                       # T5.1.1-base, batch 8, 512/128
+    python benchmarks/train_step.py --size small --batch 2 --inputs 128 --targets 32
+    python benchmarks/train_step.py --hint                # + the full HINT train step
+
+Prints tokens/s (``batch * (inputs + targets)`` per second) for both, their ratio, and
+achieved FLOP/s as a fraction of this machine's dense float32 matmul FLOP/s measured in
+the same run (``benchmarks.common.matmul_peak_flops``). Training FLOPs are 3x the
+analytic forward count of :mod:`hyper_tasks.models.flops` (backward ~= 2x forward).
+``--hint`` adds our HINT step (hypernetwork reading a ``--instruction-len`` instruction
+per example, adapters + prefixes, instruction fusion; everything trained with the dual
+Adafactor) and reports its overhead over the plain T5 step.
+
+Step times are medians over ``--steps`` after ``--warmup`` (compilation excluded).
+``--record`` rewrites this benchmark's section of ``benchmarks/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+SECTION = "Train step: ours (JAX) vs transformers (PyTorch)"
+
+
+def section_title(args) -> str:
+  """One RESULTS.md section per configuration, so a quick run keeps the full one."""
+  return (f"{SECTION}, {args.variant}/{args.size}, batch {args.batch}, "
+          f"{args.inputs}/{args.targets}")
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--variant", default="t5_1_1", help="config preset family")
+  p.add_argument("--size", default="base", help="tiny|small|base|large|...")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--inputs", type=int, default=512, help="encoder length")
+  p.add_argument("--targets", type=int, default=128, help="decoder length")
+  p.add_argument("--dropout", type=float, default=0.1)
+  p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--torch-optimizer", choices=("adafactor", "adamw"),
+                 default="adafactor")
+  p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--hint", action="store_true",
+                 help="also time the full HINT train step")
+  p.add_argument("--instruction-len", type=int, default=256,
+                 help="instruction tokens per example for --hint")
+  p.add_argument("--record", action="store_true",
+                 help="write the results into benchmarks/RESULTS.md")
+  p.add_argument("--note", default="", help="extra line for RESULTS.md")
+  return p.parse_args(argv)
+
+
+def _batch(args, vocab: int, rng: np.random.RandomState, instruction: int = 0):
+  b, li, lt = args.batch, args.inputs, args.targets
+  tgt = rng.randint(2, vocab, size=(b, lt)).astype(np.int32)
+  out = {"encoder_input_tokens": rng.randint(2, vocab, size=(b, li)).astype(np.int32),
+         "decoder_target_tokens": tgt,
+         "decoder_input_tokens": np.concatenate(
+             [np.zeros((b, 1), np.int32), tgt[:, :-1]], axis=1),
+         "decoder_loss_weights": np.ones((b, lt), np.float32)}
+  if instruction:
+    out["hyper_encoder_input_tokens"] = rng.randint(
+        2, vocab, size=(b, instruction)).astype(np.int32)
+  return out
+
+
+# -- ours ----------------------------------------------------------------------------------
+def jax_step_seconds(model, batch: dict, warmup: int, steps: int) -> dict:
+  """Median seconds of a jitted Adafactor train step of ``model`` on ``batch``."""
+  import jax
+  import optax
+  from hyper_tasks.train.optimizers import adafactor_dual
+
+  shapes = {k: v.shape for k, v in batch.items()}
+  # "rbg" keys: XLA's RngBitGenerator; threefry is unrolled at every dropout site and
+  # is slow to compile and to run on CPU.
+  key = jax.random.key(0, impl="rbg")
+  t0 = time.perf_counter()
+  params = jax.jit(lambda k: model.get_initial_variables(k, shapes, boxed=False)
+                   ["params"])(key)
+  opt = adafactor_dual(backbone_lr=1e-3, hypernet_lr=1e-4)
+  opt_state = jax.jit(opt.init)(params)
+
+  def train_step(params, opt_state, batch, rng):
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    (loss, _), grads = grad_fn(params, batch, rng)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  step = jax.jit(train_step, donate_argnums=(0, 1))
+  batch = jax.device_put(batch)
+  state = {"params": params, "opt": opt_state, "i": 0, "loss": None}
+
+  def one():
+    rng = jax.random.fold_in(key, state["i"])
+    state["params"], state["opt"], state["loss"] = step(state["params"], state["opt"],
+                                                        batch, rng)
+    state["i"] += 1
+    return state["loss"]
+
+  jax.block_until_ready(one())  # compile + first step
+  compile_s = time.perf_counter() - t0
+  times = common.time_calls(one, max(warmup - 1, 0), steps, jax.block_until_ready)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+  loss = float(state["loss"])
+  del state, params, opt_state
+  gc.collect()
+  return {"seconds": common.summary(times), "all": times, "compile_s": compile_s,
+          "params": n_params, "loss": loss}
+
+
+# -- transformers ------------------------------------------------------------------------------
+def torch_step_seconds(cfg, batch: dict, warmup: int, steps: int,
+                       optimizer: str) -> dict:
+  import torch
+  import transformers
+  from hyper_tasks.convert import hf
+
+  torch.manual_seed(0)
+  torch.set_num_threads(common.usable_cores())
+  hf_cfg = hf.config_to_hf(cfg)
+  hf_cfg.pop("architectures", None)
+  config = transformers.T5Config(**hf_cfg)
+  model = transformers.T5ForConditionalGeneration(config).train()
+  if optimizer == "adafactor":
+    from transformers.optimization import Adafactor
+    opt = Adafactor(model.parameters(), lr=1e-3, relative_step=False,
+                    scale_parameter=True, warmup_init=False)
+  else:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  t = {k: torch.from_numpy(v).long() for k, v in batch.items()
+       if k != "decoder_loss_weights"}
+  kwargs = dict(input_ids=t["encoder_input_tokens"],
+                attention_mask=(t["encoder_input_tokens"] > 0).long(),
+                decoder_input_ids=t["decoder_input_tokens"],
+                labels=t["decoder_target_tokens"])
+  last = {}
+
+  def one():
+    out = model(**kwargs)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    last["loss"] = out.loss.item()
+
+  times = common.time_calls(one, warmup, steps)
+  n_params = sum(p.numel() for p in model.parameters())
+  del model, opt
+  gc.collect()
+  return {"seconds": common.summary(times), "all": times, "params": n_params,
+          "loss": last["loss"]}
+
+
+# -- main ------------------------------------------------------------------------------------
+def main(argv=None):
+  args = parse_args(argv)
+  import jax
+  from hyper_tasks.models import flops
+  from hyper_tasks.models.config import preset
+  from hyper_tasks.models.model_api import EncoderDecoderModel
+  from hyper_tasks.models.transformer import Transformer
+
+  cfg = preset(args.variant, args.size, dropout_rate=args.dropout)
+  machine = common.machine_description()
+  print(f"machine: {machine}")
+  peak = common.matmul_peak_flops()
+  torch_peak = None if args.skip_torch else common.torch_matmul_peak_flops()
+  print(f"dense f32 matmul 2048^2: jax {common.fmt_flops(peak)}/s"
+        + (f", torch {common.fmt_flops(torch_peak)}/s" if torch_peak else ""))
+  rng = np.random.RandomState(0)
+  batch = _batch(args, cfg.vocab_size, rng)
+  tokens = args.batch * (args.inputs + args.targets)
+  train_flops = 3 * args.batch * flops.backbone(cfg, args.inputs,
+                                                args.targets).per_instance
+  print(f"config: {args.variant}/{args.size}, batch {args.batch}, inputs "
+        f"{args.inputs}, targets {args.targets}, dropout {args.dropout}; "
+        f"{common.fmt_flops(train_flops)} per step (3x analytic forward)")
+
+  rows, results = [], {}
+
+  def report(name, r, step_flops):
+    tps = tokens / r["seconds"]
+    achieved = step_flops / r["seconds"]
+    results[name] = dict(r, tps=tps, achieved=achieved)
+    print(f"{name}: {r['seconds']:.2f} s/step (steps {[round(x, 2) for x in r['all']]}"
+          f"), {tps:,.0f} tokens/s, {common.fmt_flops(achieved)}/s = "
+          f"{achieved / peak:.1%} of measured matmul peak; loss {r['loss']:.3f}, "
+          f"{r['params'] / 1e6:.1f}M params")
+    rows.append([name, f"{r['seconds']:.2f}", f"{tps:,.0f}",
+                 f"{common.fmt_flops(achieved)}/s", f"{achieved / peak:.1%}"])
+
+  ours = jax_step_seconds(EncoderDecoderModel(Transformer(cfg)), batch, args.warmup,
+                          args.steps)
+  print(f"ours: compile + first step {ours['compile_s']:.1f} s")
+  report("ours (JAX, Adafactor)", ours, train_flops)
+
+  if not args.skip_torch:
+    theirs = torch_step_seconds(cfg, batch, args.warmup, args.steps,
+                                args.torch_optimizer)
+    report(f"transformers (PyTorch, {args.torch_optimizer})", theirs, train_flops)
+    ratio = theirs["seconds"] / ours["seconds"]
+    print(f"throughput ratio ours / PyTorch: {ratio:.2f}x")
+
+  if args.hint:
+    from hyper_tasks.models.builders import make_model, make_peft_spec
+    spec = make_peft_spec(adapter_size=64, num_prefix_tokens=30)
+    model = make_model(args.variant, args.size, hypernet="hint", peft_spec=spec,
+                       instruction_fusion=True, dropout_rate=args.dropout,
+                       hypernet_kwargs={"num_heads": 8})
+    hbatch = _batch(args, cfg.vocab_size, np.random.RandomState(0),
+                    instruction=args.instruction_len)
+    f = flops.model_flops(model, args.inputs, args.targets, args.instruction_len)
+    hint_flops = 3 * args.batch * f.uncached()  # one instruction per example
+    r = jax_step_seconds(model, hbatch, args.warmup, args.steps)
+    print(f"hint: compile + first step {r['compile_s']:.1f} s")
+    report(f"HINT (JAX; instruction {args.instruction_len})", r, hint_flops)
+    print(f"HINT step overhead over plain T5: {r['seconds'] / ours['seconds']:.2f}x "
+          f"time, {hint_flops / train_flops:.2f}x FLOPs")
+
+  if args.record:
+    lines = [
+        f"`python benchmarks/train_step.py {' '.join(argv or sys.argv[1:])}`",
+        "", f"- Machine: {machine}.",
+        f"- Dense f32 matmul (2048^2, measured in the same run): jax "
+        f"{common.fmt_flops(peak)}/s" + (f", torch {common.fmt_flops(torch_peak)}/s"
+                                         if torch_peak else "") + ".",
+        f"- {args.variant}/{args.size}, batch {args.batch}, inputs {args.inputs}, "
+        f"targets {args.targets}, dropout {args.dropout}; tokens = batch x (inputs + "
+        f"targets); FLOPs = 3 x analytic forward = {common.fmt_flops(train_flops)} "
+        "per step (HINT: its own count with the hypernetwork per example).",
+        f"- Median of {args.steps} steps after {args.warmup} warmup step(s); "
+        "compilation excluded.", ""]
+    lines.append(common.markdown_table(
+        ["step", "s/step", "tokens/s", "achieved", "of matmul peak"], rows))
+    if "transformers" in " ".join(results):
+      name = next(k for k in results if k.startswith("transformers"))
+      lines.append(f"\nOurs / PyTorch throughput: "
+                   f"**{results[name]['seconds'] / ours['seconds']:.2f}x**.")
+    if args.note:
+      lines.append("\n" + args.note)
+    common.replace_section(section_title(args), "\n".join(lines))
+  return results
+
+
+if __name__ == "__main__":
+  main()
