@@ -237,3 +237,40 @@ def test_load_adaptation_names_damaged_file(mixed, tmp_path):
   os.remove(os.path.join(bad, "adapter_model.safetensors"))
   with pytest.raises(ExportError, match="adapter_model.safetensors"):
     peft_export.load_adaptation(bad)
+
+
+def test_hint_generated_lora_exports_to_peft(tmp_path):
+  """End to end: HINT reads an instruction, its LoRA runs in transformers + peft."""
+  from hyper_tasks.models.builders import make_model
+  spec = PeftSpec(lora=LoraSpec((("q", 4), ("v", 4), ("wo", 2))))
+  model = make_model("t5_1_1", "tiny", hypernet="hint", peft_spec=spec,
+                     vocab_size=VOCAB, dropout_rate=0.0,
+                     # full-size output heads, so the generated B is far from 0
+                     hypernet_kwargs={"num_heads": 4, "small_init": 1.0})
+  enc, dec = _inputs(5)
+  instruction = np.random.RandomState(6).randint(2, VOCAB, size=(7,)).astype(np.int32)
+  shapes = {"encoder_input_tokens": enc.shape, "decoder_input_tokens": dec.shape,
+            "hyper_encoder_input_tokens": (2, 7)}
+  params = jax.jit(lambda k: model.get_initial_variables(k, shapes, boxed=False)
+                   ["params"])(jax.random.key(0, impl="rbg"))
+  hyper = np.broadcast_to(instruction, (2, 7))
+  ours = np.asarray(jax.jit(lambda p: model.module.apply({"params": p}, enc, dec,
+                                                          hyper))(params))
+  base_dir, adapter_dir = str(tmp_path / "base"), str(tmp_path / "adapter")
+  peft_export.export_base_model(model, params, base_dir)
+  peft_export.export_peft(model, params, adapter_dir,
+                          hyper_encoder_input_tokens=instruction,
+                          base_model_name_or_path=base_dir, lora_only=True)
+  base = transformers.T5ForConditionalGeneration.from_pretrained(base_dir).eval()
+  kwargs = dict(input_ids=torch.tensor(enc, dtype=torch.long),
+                attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+                decoder_input_ids=torch.tensor(dec, dtype=torch.long))
+  with torch.no_grad():
+    plain = base(**kwargs).logits.numpy()
+    ref = peft.PeftModel.from_pretrained(base, adapter_dir).eval()(**kwargs).logits
+  assert np.abs(ref.numpy() - plain).max() > 1e-2
+  np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4, rtol=1e-4)
+  # Two instructions at once are refused: export is per task.
+  with pytest.raises(ExportError, match="one instruction at a time"):
+    peft_export.export_peft(model, params, str(tmp_path / "two"),
+                            hyper_encoder_input_tokens=hyper)
