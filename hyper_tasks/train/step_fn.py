@@ -11,7 +11,7 @@
   accumulated gradient equals the full-batch gradient (up to float summation
   order) whatever ``M`` is.
 * **Dropout**: microbatch ``i`` of step ``s`` uses ``fold_in(fold_in(rng, s), i)``.
-* **NaN/Inf guard**: when the loss or any gradient is not finite the state is left
+* **NaN/Inf guard**: when the loss, a gradient or an update is not finite the state is left
   unchanged (the update is discarded on device) and ``metrics["finite"]`` is 0; the
   trainer stops with an error naming the step, so no checkpoint ever holds NaNs.
 * **Metrics** (device scalars): loss, z_loss, accuracy, num_tokens, num_examples,
@@ -127,7 +127,9 @@ def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
     grads, metrics = grads_and_metrics(state.params, batch, step_rng)
     updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
     new_params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-    finite = jnp.logical_and(_all_finite(grads), jnp.isfinite(metrics["loss"]))
+    # Updates too: a schedule or optimizer statistic can overflow on its own.
+    finite = (_all_finite(grads) & _all_finite(updates)
+              & jnp.isfinite(metrics["loss"]))
     # A non-finite step changes nothing (the trainer then stops and names it).
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)

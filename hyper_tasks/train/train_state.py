@@ -140,19 +140,26 @@ def make_layout(model, optimizer: optimizers.GroupedOptimizer, mesh: Mesh,
   return StateLayout(abstract, shardings, logical_specs, mesh)
 
 
-def init_state(model, optimizer: optimizers.GroupedOptimizer, layout: StateLayout,
-               input_shapes: Mapping[str, tuple[int, ...]], seed: int) -> TrainState:
-  """A fresh state, created in place with ``layout``'s shardings.
+def make_init_fn(model, optimizer: optimizers.GroupedOptimizer, layout: StateLayout,
+                 input_shapes: Mapping[str, tuple[int, ...]]):
+  """Jitted ``init(key) -> TrainState`` that creates the state in ``layout``.
 
-  ``seed`` gives the parameter initialisation key and the dropout key (different
-  streams of one ``PRNGKey(seed)``).
+  ``key`` gives the parameter-initialisation key and the dropout key (different
+  streams of one key).
   """
   def fn(key):
     init_key, dropout_key = jax.random.split(key)
     params = unbox(_params_fn(model, input_shapes)(init_key))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), rng=dropout_key)
-  return jax.jit(fn, out_shardings=layout.shardings)(jax.random.PRNGKey(seed))
+  return jax.jit(fn, out_shardings=layout.shardings)
+
+
+def init_state(model, optimizer: optimizers.GroupedOptimizer, layout: StateLayout,
+               input_shapes: Mapping[str, tuple[int, ...]], seed: int) -> TrainState:
+  """A fresh state from ``PRNGKey(seed)``, created in place with ``layout``."""
+  init = make_init_fn(model, optimizer, layout, input_shapes)
+  return init(jax.random.PRNGKey(seed))
 
 
 def place(tree: PyTree, shardings: PyTree) -> PyTree:

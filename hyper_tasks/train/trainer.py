@@ -116,6 +116,46 @@ def _check_finite(step: int, metrics: Mapping[str, Any],
       f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
 
 
+class _Compiled(NamedTuple):
+  model: Any
+  optimizer: Any
+  layout: ts_lib.StateLayout
+  init: Callable[..., TrainState]
+  step: Callable[..., Any]
+  path_group: dict[str, str]
+  flops: dict  # {batch shapes key: FLOPs per step}
+
+
+# Jitted functions of recent (model, optimizer, mesh, ...) combinations, so that a
+# notebook (or a test) calling train() again on the same objects neither retraces
+# nor recompiles. Holds strong references; bounded.
+_COMPILED: dict[tuple, _Compiled] = {}
+_MAX_COMPILED = 4
+
+
+def _compiled(model, optimizer, mesh, rules, input_shapes,
+              num_microbatches) -> _Compiled:
+  key = (id(model), id(optimizer), mesh, tuple(map(tuple, rules)),
+         tuple(sorted(input_shapes.items())), num_microbatches)
+  hit = _COMPILED.get(key)
+  if hit is not None and hit.model is model and hit.optimizer is optimizer:
+    return hit
+  layout = ts_lib.make_layout(model, optimizer, mesh, input_shapes, rules)
+  path_group = optimizer.group_of(layout.abstract.params)
+  donate = (0,) if jax.default_backend() != "cpu" else ()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = jax.jit(
+      step_fn.make_train_step(model, optimizer, path_group, num_microbatches),
+      in_shardings=(layout.shardings, partitioning.data_sharding(mesh)),
+      out_shardings=(layout.shardings, replicated), donate_argnums=donate)
+  init = ts_lib.make_init_fn(model, optimizer, layout, input_shapes)
+  entry = _Compiled(model, optimizer, layout, init, step, path_group, {})
+  if len(_COMPILED) >= _MAX_COMPILED:
+    _COMPILED.pop(next(iter(_COMPILED)))
+  _COMPILED[key] = entry
+  return entry
+
+
 @gin.configurable(module="hyper_tasks.train")
 def train(*,
           model,
@@ -132,6 +172,7 @@ def train(*,
           seed: int = 0,
           num_microbatches: int = 1,
           compute_dtype: Optional[str] = None,
+          mesh: Optional[jax.sharding.Mesh] = None,
           mesh_shape: Optional[Sequence[int]] = None,
           num_partitions: int = 1,
           fsdp: bool = False,
@@ -164,6 +205,8 @@ def train(*,
     num_microbatches: gradient accumulation steps per batch.
     compute_dtype: e.g. ``"bfloat16"``: the backbone computes in it; parameters
       and optimizer state stay float32.
+    mesh: a ready ``('data', 'model')`` mesh (e.g. over a subset of devices);
+      default built from ``mesh_shape`` / ``num_partitions``.
     mesh_shape: ``(data, model)``; default ``(num_devices / num_partitions,
       num_partitions)``.
     num_partitions: model-parallel size when ``mesh_shape`` is not given.
@@ -189,7 +232,8 @@ def train(*,
   optimizer = optimizers.adafactor_dual() if optimizer is None else optimizer
   if compute_dtype:
     model = with_compute_dtype(model, compute_dtype)
-  mesh = partitioning.make_mesh(mesh_shape, num_partitions)
+  if mesh is None:
+    mesh = partitioning.make_mesh(mesh_shape, num_partitions)
   rules = partitioning.logical_axis_rules(fsdp=fsdp) if rules is None else rules
   data_size = mesh.shape[partitioning.DATA]
   if batch_size % data_size or batch_size % jax.process_count():
@@ -209,11 +253,9 @@ def train(*,
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       input_shapes = ts_lib.init_input_shapes(sequence_lengths)
-      layout = ts_lib.make_layout(model, optimizer, mesh, input_shapes, rules)
-      state, batches, report = _starting_state(
-          model, optimizer, layout, input_shapes, seed, ckpt, initial_restore,
-          model_dir)
-      path_group = optimizer.group_of(layout.abstract.params)
+      fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches)
+      state, batches, report = _starting_state(fns, seed, ckpt, initial_restore,
+                                               model_dir)
 
       shard_id, num_shards = partitioning.host_shard_info()
       local_batch = batch_size // num_shards
@@ -228,24 +270,18 @@ def train(*,
             num_shards=num_shards, pack=pack, start_batch=batches)
       data = iter(data)
 
-      donate = (0,) if jax.default_backend() != "cpu" else ()
-      jitted = jax.jit(
-          step_fn.make_train_step(model, optimizer, path_group, num_microbatches),
-          in_shardings=(layout.shardings, partitioning.data_sharding(mesh)),
-          out_shardings=(layout.shardings,
-                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
-          donate_argnums=donate)
-
       step = int(state.step)
       if step >= num_steps:
         logging.info("MODEL_DIR already at step %d >= num_steps=%d.", step, num_steps)
         return TrainResult(state, [], report, False)
 
       batch = partitioning.global_batch(next(data), mesh)
-      lowered = jitted.lower(state, batch)
-      flops = summaries_lib.step_flops(
-          lowered, model, jax.tree.map(lambda x: x.shape, batch))
-      compiled = lowered.compile()
+      shapes = jax.tree.map(lambda x: x.shape, batch)
+      shapes_key = tuple(sorted(shapes.items()))
+      if shapes_key not in fns.flops:
+        fns.flops[shapes_key] = summaries_lib.step_flops(
+            fns.step.lower(state, batch), model, shapes)
+      flops = fns.flops[shapes_key]
       peak = summaries_lib.peak_flops_per_device(peak_flops_per_device)
       summaries = summaries_lib.TrainSummaries(
           model_dir, num_steps, flops, peak, mesh.size, write=_writes_summaries(),
@@ -256,7 +292,7 @@ def train(*,
       pending, last, preempted = [], None, False
       summaries.reset_clock()
       while True:
-        state, metrics = compiled(state, batch)
+        state, metrics = fns.step(state, batch)
         step += 1
         batches += 1
         if last is not None:
@@ -278,11 +314,10 @@ def train(*,
           summaries.reset_clock()
         preempted = checkpoints.preemption_requested(
             sync_hosts=jax.process_count() > 1)
-        if done or preempted or ckpt.should_save(step):
+        if done or preempted or step % checkpoint_period == 0:
           _check_finite(*last, ckpt)
           ckpt.save(step, state, {"batches": batches,
-                                  "dataset": mixture_or_task_name},
-                    force=done or preempted)
+                                  "dataset": mixture_or_task_name}, force=True)
         if done or preempted:
           break
         batch = partitioning.global_batch(next(data), mesh)
@@ -303,22 +338,21 @@ def _write_config(model_dir: str) -> None:
   gin_utils.write_operative_config(model_dir)
 
 
-def _starting_state(model, optimizer, layout, input_shapes, seed, ckpt, initial,
-                    model_dir):
+def _starting_state(fns: _Compiled, seed, ckpt, initial, model_dir):
   """(state, batches consumed, restore report) by the restore precedence."""
   latest = ckpt.latest_step()
   if latest is not None:
-    state, metadata = ckpt.restore(latest, target=layout.abstract)
+    state, metadata = ckpt.restore(latest, target=fns.layout.abstract)
     position = metadata.get("data_position") or {}
     batches = int(position.get("batches", latest))
     logging.info("Resuming from %s/%d (batches consumed: %d).", ckpt.directory,
                  latest, batches)
     return state, batches, None
-  fresh = ts_lib.init_state(model, optimizer, layout, input_shapes, seed)
+  fresh = fns.init(jax.random.PRNGKey(seed))
   if initial is None:
     return fresh, 0, None
-  state, report, notes = init_restore_lib.restore_initial(initial, optimizer, layout,
-                                                          fresh)
+  state, report, notes = init_restore_lib.restore_initial(initial, fns.optimizer,
+                                                          fns.layout, fresh)
   text = init_restore_lib.format_report(report, notes)
   logging.info("Initial restore:\n%s", text)
   if _writes_summaries():
