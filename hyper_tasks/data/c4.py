@@ -17,7 +17,7 @@ document (no token dropped or repeated, documents shorter than 3 or 4 tokens
 excepted); every part is non-empty and fits its length with its EOS
 (``len <= L - 1``); the cut points depend only on the document text, the chunk
 index and ``seed``, so they are the same on every run, host and epoch, whatever
-the shuffling. Lengths come from the ``sequence_length`` seqio passes to
+the shuffling. Cutting is vectorized over batches of documents (``split_batch``). Lengths come from the ``sequence_length`` seqio passes to
 preprocessors (``DEFAULT_SEQUENCE_LENGTHS`` when there is none).
 
 Sources: TFDS ``c4/en`` (``c4_path="tfds"`` or ``"tfds:c4/en:3.1.0"``) or local
@@ -53,7 +53,6 @@ TFDS_C4 = "c4/en:3.1.0"
 DEFAULT_SEQUENCE_LENGTHS = {F.HYPER_INPUTS: 512, F.INPUTS: 256, F.TARGETS: 128}
 EMBEDDED_CORPUS = os.path.join(os.path.dirname(__file__), "embedded",
                                "pretrain", "corpus.txt")
-_DOC_HASH = "doc_hash"
 _VALIDATION_BUCKETS = 100  # 1 in 100 local documents is validation.
 _SHUFFLE_DOCS = 10_000
 
@@ -72,18 +71,107 @@ def _capacities(lengths: Mapping[str, int], num_parts: int) -> tuple[int, int,
 
 def _uniform_int(u: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
   """Maps u in [0, 1) to an integer in [lo, hi] (inclusive)."""
-  span = tf.cast(hi - lo + 1, tf.float32)
+  span = tf.cast(hi - lo + 1, tf.float64)
   return tf.minimum(lo + tf.cast(tf.floor(u * span), lo.dtype), hi)
+
+
+def _uniforms(doc_hash: tf.Tensor, chunk: tf.Tensor, seed: tf.Tensor,
+              num: int) -> tf.Tensor:
+  """``[K, num]`` numbers in [0, 1), a fixed function of (doc, chunk, seed).
+
+  A fingerprint of ``"<doc hash>/<chunk>/<seed>/<j>"`` rather than a stateless
+  RNG: it vectorizes over chunks of many documents, each with its own seed, and
+  is the same on every platform.
+  """
+  key = tf.strings.join([tf.strings.as_string(doc_hash),
+                         tf.strings.as_string(chunk),
+                         tf.strings.as_string(seed)], "/")
+  cols = [tf.strings.to_hash_bucket_fast(tf.strings.join([key, str(j)], "/"),
+                                         2**52) for j in range(num)]
+  return tf.cast(tf.stack(cols, axis=1), tf.float64) / 2.0**52
+
+
+def split_batch(tokens: tf.RaggedTensor, doc_hash: tf.Tensor, seed: int,
+                lengths: Mapping[str, int], num_parts: int = 3,
+                eos_id: int = vocab_lib.EOS_ID) -> dict[str, tf.Tensor]:
+  """Cuts a batch of tokenized documents into examples (module docstring).
+
+  Vectorized over documents and chunks: a handful of ops per batch rather than
+  per document, which made cutting cheaper than tokenizing.
+
+  Args:
+    tokens: ``[B, None]`` int32 document tokens (no EOS), every row at least
+      ``num_parts`` long.
+    doc_hash: ``[B]`` int64 document hashes (with ``seed``, they fix the cuts).
+    seed: user seed.
+    lengths: ``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}``.
+    num_parts: 3 or 4.
+    eos_id: EOS appended to every part (and separating a and d).
+
+  Returns:
+    ``{"hyper_inputs", "inputs", "targets"}`` ragged ``[K, None]`` with EOS,
+    ``"doc"`` ``[K]`` (row of ``tokens``) and ``"chunk"`` ``[K]`` (index in its
+    document), K the total number of chunks, in document order.
+  """
+  lh, li, lt = (tf.constant(c, tf.int64)
+                for c in _capacities(lengths, num_parts))
+  n_doc = tokens.row_lengths()  # [B]
+  capacity = lh + li + lt
+  k_doc = (n_doc + capacity - 1) // capacity  # [B]
+  doc = tf.repeat(tf.range(tf.size(n_doc, out_type=tf.int64)), k_doc)  # [K]
+  first_chunk = tf.cumsum(k_doc, exclusive=True)
+  chunk = tf.range(tf.size(doc, out_type=tf.int64)) - tf.gather(first_chunk,
+                                                                doc)
+  n, k = tf.gather(n_doc, doc), tf.gather(k_doc, doc)
+  starts = chunk * n // k  # Balanced chunks, offsets within the document.
+  sizes = (chunk + 1) * n // k - starts
+  u = _uniforms(tf.gather(doc_hash, doc), chunk, tf.cast(seed, tf.int64), 3)
+  rest = num_parts - 1  # Parts after inputs that need at least one token.
+  one = tf.constant(1, tf.int64)
+  len_i = _uniform_int(u[:, 0], tf.maximum(one, sizes - lh - lt),
+                       tf.minimum(li, sizes - rest))
+  len_t = _uniform_int(u[:, 1], tf.maximum(one, sizes - len_i - lh),
+                       tf.minimum(lt, sizes - len_i - (rest - 1)))
+  len_h = sizes - len_i - len_t  # In [1, lh] (3 parts) or [2, lh] (4 parts).
+  offsets = tf.gather(tokens.row_splits, doc) + starts  # In tokens.values.
+  if num_parts == 3:
+    bounds = [offsets, offsets + len_h, offsets + len_h + len_i]
+  else:
+    len_a = _uniform_int(u[:, 2], tf.ones_like(len_h), len_h - 1)
+    bounds = [offsets, offsets + len_a, offsets + len_a + len_i,
+              offsets + len_a + len_i + len_t]
+  # Chunks tile the documents, which tile tokens.values: the bounds, in order,
+  # are the row splits of all parts, part p of chunk c in row c * num_parts + p.
+  total = tf.size(tokens.values, out_type=tf.int64)
+  row_splits = tf.concat([tf.reshape(tf.stack(bounds, axis=1), [-1]),
+                          [total]], 0)
+  rows = tf.RaggedTensor.from_row_splits(tokens.values, row_splits,
+                                         validate=False)
+  num_chunks = tf.size(chunk, out_type=tf.int64)
+  part = lambda p: tf.gather(rows, tf.range(num_chunks) * num_parts + p)
+  eos = tf.fill([num_chunks, 1], tf.cast(eos_id, tokens.dtype))
+  if num_parts == 3:
+    hyper, inputs, targets = part(0), part(1), part(2)
+  else:
+    hyper = tf.concat([part(0), eos, part(3)], axis=1)
+    inputs, targets = part(1), part(2)
+  return {
+      F.HYPER_INPUTS: P.append_eos_ragged(hyper, eos_id),
+      F.INPUTS: P.append_eos_ragged(inputs, eos_id),
+      F.TARGETS: P.append_eos_ragged(targets, eos_id),
+      "doc": doc,
+      "chunk": chunk,
+  }
 
 
 def split_document(tokens: tf.Tensor, seed: tf.Tensor,
                    lengths: Mapping[str, int], num_parts: int = 3,
                    eos_id: int = vocab_lib.EOS_ID) -> dict[str, tf.RaggedTensor]:
-  """Cuts one tokenized document into examples (see the module docstring).
+  """Cuts one tokenized document (``split_batch`` of a batch of one).
 
   Args:
     tokens: ``[n]`` int32 document tokens (no EOS), ``n >= num_parts``.
-    seed: ``[2]`` int64 stateless seed (document hash, user seed).
+    seed: ``[2]`` int64: (document hash, user seed).
     lengths: ``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}``.
     num_parts: 3 or 4.
     eos_id: EOS appended to every part (and separating a and d).
@@ -92,75 +180,47 @@ def split_document(tokens: tf.Tensor, seed: tf.Tensor,
     ``{"hyper_inputs", "inputs", "targets"}`` ragged ``[k, None]`` with EOS, and
     ``"chunk"`` ``[k]`` int64.
   """
-  lh, li, lt = (tf.constant(c, tf.int64)
-                for c in _capacities(lengths, num_parts))
-  n = tf.size(tokens, out_type=tf.int64)
-  capacity = lh + li + lt
-  k = (n + capacity - 1) // capacity
-  chunk = tf.range(k, dtype=tf.int64)
-  starts = chunk * n // k
-  sizes = (chunk + 1) * n // k - starts
-  u = tf.random.stateless_uniform([k, 3], seed=seed)
-  rest = num_parts - 1  # Parts after inputs that need at least one token.
-  one = tf.constant(1, tf.int64)
-  len_i = _uniform_int(u[:, 0], tf.maximum(one, sizes - lh - lt),
-                       tf.minimum(li, sizes - rest))
-  len_t = _uniform_int(u[:, 1], tf.maximum(one, sizes - len_i - lh),
-                       tf.minimum(lt, sizes - len_i - (rest - 1)))
-  len_h = sizes - len_i - len_t  # In [1, lh] (3 parts) or [2, lh] (4 parts).
-  eos = tf.fill([k, 1], tf.cast(eos_id, tokens.dtype))
-  if num_parts == 3:
-    bounds = [starts, starts + len_h, starts + len_h + len_i]
-  else:
-    len_a = _uniform_int(u[:, 2], tf.ones_like(len_h), len_h - 1)
-    bounds = [starts, starts + len_a, starts + len_a + len_i,
-              starts + len_a + len_i + len_t]
-  row_splits = tf.concat([tf.reshape(tf.stack(bounds, axis=1), [-1]), [n]], 0)
-  # Row p of chunk j is part p: [k * num_parts, None].
-  rows = tf.RaggedTensor.from_row_splits(tokens, row_splits)
-  part = lambda p: tf.gather(rows, chunk * num_parts + p)
-  if num_parts == 3:
-    hyper, inputs, targets = part(0), part(1), part(2)
-  else:
-    hyper = tf.concat([part(0), eos, part(3)], axis=1)
-    inputs, targets = part(1), part(2)
-  return {
-      F.HYPER_INPUTS: tf.concat([hyper, eos], axis=1),
-      F.INPUTS: tf.concat([inputs, eos], axis=1),
-      F.TARGETS: tf.concat([targets, eos], axis=1),
-      "chunk": chunk,
-  }
+  seed = tf.convert_to_tensor(seed, tf.int64)
+  parts = split_batch(tf.RaggedTensor.from_tensor(tokens[None]), seed[:1],
+                      seed[1], lengths, num_parts, eos_id)
+  del parts["doc"]
+  return parts
 
 
-def prepare_documents(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """``{"text"}`` -> ``{"targets": text, "doc_hash"}`` (tokenized next)."""
-  return dataset.map(
-      lambda ex: {
-          F.TARGETS: ex["text"],
-          _DOC_HASH: tf.strings.to_hash_bucket_fast(ex["text"], 2**62),
-      }, num_parallel_calls=tf.data.AUTOTUNE)
+def tokenize_and_split(dataset: tf.data.Dataset,
+                       output_features: Mapping[str, seqio.Feature],
+                       sequence_length: Optional[Mapping[str, int]] = None,
+                       num_parts: int = 3,
+                       seed: int = 0,
+                       task_name: str = "c4",
+                       batch_size: int = 64) -> tf.data.Dataset:
+  """seqio preprocessor: ``{"text"}`` documents -> tokenized, cut examples.
 
-
-def split_documents(dataset: tf.data.Dataset,
-                    output_features: Mapping[str, seqio.Feature],
-                    sequence_length: Optional[Mapping[str, int]] = None,
-                    num_parts: int = 3,
-                    seed: int = 0,
-                    task_name: str = "c4") -> tf.data.Dataset:
-  """seqio preprocessor: tokenized documents -> cut examples with metadata."""
+  Documents are tokenized and cut a batch at a time (one SentencePiece call and
+  one cutting graph per ``batch_size`` documents); documents shorter than
+  ``num_parts`` tokens are dropped. Lengths come from seqio's
+  ``sequence_length`` (``DEFAULT_SEQUENCE_LENGTHS`` for missing keys).
+  """
   lengths = dict(DEFAULT_SEQUENCE_LENGTHS)
   lengths.update({k: v for k, v in (sequence_length or {}).items()
                   if k in F.TOKEN_FEATURES and v})
   _capacities(lengths, num_parts)  # Fail at graph construction, not in tf.data.
-  eos_id = output_features[F.TARGETS].vocabulary.eos_id
+  vocabulary = output_features[F.TARGETS].vocabulary
 
-  def cut(ex):
-    parts = split_document(
-        ex[F.TARGETS], tf.stack([ex[_DOC_HASH], tf.constant(seed, tf.int64)]),
-        lengths, num_parts, eos_id)
+  @tf.autograph.experimental.do_not_convert
+  def cut(batch):
+    texts = batch["text"]
+    tokens = P.encode_batch_tf(vocabulary, texts)
+    keep = tokens.row_lengths() >= num_parts
+    tokens = tf.ragged.boolean_mask(tokens, keep)
+    doc_hash = tf.boolean_mask(
+        tf.strings.to_hash_bucket_fast(texts, 2**62), keep)
+    parts = split_batch(tokens, doc_hash, seed, lengths, num_parts,
+                        vocabulary.eos_id)
     k = tf.shape(parts["chunk"])[0]
-    ids = tf.strings.join([tf.strings.as_string(ex[_DOC_HASH]), "-",
-                           tf.strings.as_string(parts["chunk"])])
+    ids = tf.strings.join([tf.strings.as_string(tf.gather(doc_hash,
+                                                          parts["doc"])),
+                           "-", tf.strings.as_string(parts["chunk"])])
     out = {key: parts[key] for key in F.TOKEN_FEATURES}
     out.update({
         F.TASK_NAMES: tf.fill([k], task_name),
@@ -174,12 +234,9 @@ def split_documents(dataset: tf.data.Dataset,
     })
     return out
 
-  ds = dataset.filter(lambda ex: tf.size(ex[F.TARGETS]) >= num_parts)
-  ds = ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-  return ds.map(
-      lambda ex: {k: (v.to_tensor() if isinstance(v, tf.RaggedTensor) else v)
-                  for k, v in ex.items()},
-      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = dataset.map(lambda ex: {"text": ex["text"]}).batch(batch_size)
+  # Unbatched ragged rows arrive in later maps as plain 1-D tensors.
+  return ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
 # --------------------------------------------------------------------- sources
@@ -219,29 +276,47 @@ def iter_documents(files: Sequence[str], shard_index: int = 0,
         i += 1
 
 
+def _document_blocks(files: Sequence[str], shard_index: int, num_shards: int,
+                     block: int = 256) -> Iterator[list[str]]:
+  """``iter_documents`` in lists of ``block`` texts."""
+  texts = []
+  for text in iter_documents(files, shard_index, num_shards):
+    texts.append(text)
+    if len(texts) == block:
+      yield texts
+      texts = []
+  if texts:
+    yield texts
+
+
 def _local_documents_fn(files: tuple[str, ...]):
   """A RecordsSource function over local document files."""
 
   def dataset_fn(split, shuffle_files, seed=None, shard_info=None):
     index = shard_info.index if shard_info else 0
     num = shard_info.num_shards if shard_info else 1
+    keep_validation = split == "validation"
+
+    @tf.autograph.experimental.do_not_convert
+    def in_split(texts):  # [B] -> the texts of this split, by a text hash.
+      bucket = tf.strings.to_hash_bucket_fast(texts, _VALIDATION_BUCKETS)
+      return tf.boolean_mask(texts, tf.equal(bucket, 0) == keep_validation)
+
     if not any(_is_json(f) for f in files):
       # Plain text: TF reads lines itself, no Python in the loop.
       ds = tf.data.TextLineDataset(list(files))
       ds = ds.filter(lambda s: tf.strings.length(tf.strings.strip(s)) > 0)
       ds = ds.shard(num, index) if num > 1 else ds
+      ds = ds.batch(256)
     else:
+      # Blocks of documents: from_generator costs a Python call per element.
       ds = tf.data.Dataset.from_generator(
-          functools.partial(iter_documents, files, index, num),
-          output_signature=tf.TensorSpec([], tf.string))
-    bucket = lambda s: tf.strings.to_hash_bucket_fast(s, _VALIDATION_BUCKETS)
-    if split == "validation":
-      ds = ds.filter(lambda s: tf.equal(bucket(s), 0))
-    else:
-      ds = ds.filter(lambda s: tf.not_equal(bucket(s), 0))
+          functools.partial(_document_blocks, files, index, num),
+          output_signature=tf.TensorSpec([None], tf.string))
+    ds = ds.map(lambda texts: {"text": in_split(texts)}).unbatch()
     if shuffle_files:
       ds = ds.shuffle(_SHUFFLE_DOCS, seed=seed, reshuffle_each_iteration=True)
-    return ds.map(lambda s: {"text": s})
+    return ds
 
   return dataset_fn
 
@@ -262,10 +337,8 @@ def _task_kwargs(source: seqio.DataSource, vocabulary: seqio.Vocabulary,
   return dict(
       source=source,
       preprocessors=[
-          prepare_documents,
-          functools.partial(P.tokenize_batched, with_eos=False),
-          functools.partial(split_documents, num_parts=num_parts, seed=seed,
-                            task_name=task_name),
+          functools.partial(tokenize_and_split, num_parts=num_parts,
+                            seed=seed, task_name=task_name),
       ],
       output_features=F.output_features(vocabulary),
       # Chunks of one document arrive together; mix them with other documents'.

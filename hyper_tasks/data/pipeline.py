@@ -119,8 +119,12 @@ def get_tf_dataset(
   ds = _task_dataset(provider, split, lengths, shuffle=shuffle, seed=seed,
                      num_epochs=num_epochs, shard_info=shard_info)
   converter = converters.HyperEncDecFeatureConverter(pack=pack)
-  ds = converter(ds, lengths)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if pack:
+    ds = converter(ds, lengths)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  else:
+    # Same batches as converting example by example, several times faster.
+    ds = converter.convert_batched(ds, lengths, batch_size, drop_remainder)
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
