@@ -43,3 +43,30 @@ def tiny_hint(**overrides) -> EncoderDecoderModel:
   spec = PeftSpec(adapter=AdapterSpec(size=4), prefix=PrefixSpec(num_tokens=2))
   net = make_hypernet("hint", cfg, spec, num_heads=2, dropout_rate=0.0)
   return EncoderDecoderModel(Transformer(cfg, spec, net, instruction_fusion=True))
+
+
+def synthetic_batches(start_batch=0, shard_id=0, num_shards=1, batch_size=4,
+                      lengths=None, seed=0):
+  """A copy task as an endless batch iterator (a ``train(dataset_fn=...)``).
+
+  Batch ``i`` depends only on ``(seed, i)``, so skipping ``start_batch`` batches
+  resumes exactly; ``shard_id``/``num_shards`` select this host's rows.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  lengths = lengths or LENGTHS
+  lh, li, lt = lengths["hyper_inputs"], lengths["inputs"], lengths["targets"]
+  i = start_batch
+  while True:
+    rng = np.random.default_rng([seed, i])
+    total = batch_size * num_shards
+    enc = rng.integers(3, 40, size=(total, li)).astype(np.int32)
+    hyper = rng.integers(3, 40, size=(total, lh)).astype(np.int32)
+    targets = np.concatenate([enc[:, :lt - 1], np.ones((total, 1), np.int32)], 1)
+    dec_in = np.concatenate([np.zeros((total, 1), np.int32), targets[:, :-1]], 1)
+    rows = slice(shard_id * batch_size, (shard_id + 1) * batch_size)
+    yield {"hyper_encoder_input_tokens": hyper[rows],
+           "encoder_input_tokens": enc[rows],
+           "decoder_input_tokens": dec_in[rows],
+           "decoder_target_tokens": targets[rows],
+           "decoder_loss_weights": np.ones_like(targets[rows])}
+    i += 1

@@ -1,0 +1,125 @@
+"""train(): learning, TensorBoard scalars, microbatching, frozen groups, guard rails."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+import train_testlib as lib
+from hyper_tasks.train import checkpoints
+from hyper_tasks.train import optimizers
+from hyper_tasks.train import trainer
+
+lib.enable_compilation_cache()
+
+T5 = lib.tiny_t5(dropout_rate=0.0)
+OPT = optimizers.adafactor_dual(backbone_lr=1e-2)
+
+TRAIN_SCALARS = ("loss", "z_loss", "accuracy", "learning_rate/backbone",
+                 "grad_norm/backbone", "param_norm/backbone", "grad_norm",
+                 "param_norm", "tokens_per_second", "examples_per_second",
+                 "step_time", "flops_per_second", "mfu")
+
+
+def _train(model_dir, model=T5, optimizer=OPT, num_steps=12, **kwargs):
+  kwargs.setdefault("summary_period", 1)
+  kwargs.setdefault("checkpoint_period", 1000)
+  return trainer.train(
+      model=model, model_dir=str(model_dir), mixture_or_task_name="synthetic",
+      num_steps=num_steps, batch_size=4, sequence_lengths=lib.LENGTHS,
+      optimizer=optimizer, progress=False, dataset_fn=lib.synthetic_batches,
+      **kwargs)
+
+
+def _scalar_tags(logdir):
+  acc = event_accumulator.EventAccumulator(str(logdir))
+  acc.Reload()
+  return set(acc.Tags()["scalars"]), acc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("run")
+  return model_dir, _train(model_dir)
+
+
+def test_loss_falls_and_everything_is_written(trained):
+  model_dir, result = trained
+  losses = [h["loss"] for h in result.history]
+  assert len(losses) == 12
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+  assert int(result.state.step) == 12
+  tags, acc = _scalar_tags(model_dir / "train")
+  assert set(TRAIN_SCALARS) <= tags, set(TRAIN_SCALARS) - tags
+  assert [e.step for e in acc.Scalars("loss")] == list(range(1, 13))
+  np.testing.assert_allclose([e.value for e in acc.Scalars("loss")], losses,
+                             rtol=1e-6)
+  assert 0 < result.history[-1]["mfu"] and result.history[-1]["tokens_per_second"] > 0
+  assert os.path.exists(model_dir / "config.gin")
+  # The final step is checkpointed even off the period.
+  with checkpoints.Checkpointer(str(model_dir), async_save=False) as ckpt:
+    assert ckpt.all_steps() == [12]
+
+
+def test_microbatching_matches_the_full_batch(tmp_path, trained):
+  _, full = trained
+  micro = _train(tmp_path, num_steps=3, num_microbatches=2)
+  np.testing.assert_allclose([h["loss"] for h in micro.history],
+                             [h["loss"] for h in full.history[:3]], rtol=2e-5)
+
+
+def test_frozen_backbone_does_not_change_and_holds_no_state(tmp_path):
+  model = lib.tiny_hint(dropout_rate=0.0)
+  optimizer = optimizers.frozen_backbone(hypernet_lr=1e-2)
+  seen = {}
+
+  def hook(step, state, metrics):
+    del metrics
+    if step == 1:
+      seen["first"] = jax.device_get(state.params)
+
+  result = _train(tmp_path, model, optimizer, num_steps=3, hooks=[hook])
+  first, last = seen["first"], jax.device_get(result.state.params)
+  for name in ("encoder", "decoder", "token_embedder"):
+    for a, b in zip(jax.tree.leaves(first[name]), jax.tree.leaves(last[name])):
+      np.testing.assert_array_equal(a, b)
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(first["hypernet"]), jax.tree.leaves(last["hypernet"]))]
+  assert all(changed)
+  inner = result.state.opt_state.inner_states
+  assert jax.tree.leaves(inner["backbone"]) == []
+  assert jax.tree.leaves(inner["hypernet"])
+  assert "grad_norm/backbone" not in result.history[-1]
+  assert result.history[-1]["learning_rate/backbone"] == 0.0
+
+
+def _nan_after(count):
+  return lambda step: jnp.where(step >= count, jnp.nan, 1e-2)
+
+
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  optimizer = optimizers.make_optimizer(
+      [optimizers.ParamGroup("all", "", _nan_after(3))])
+  with pytest.raises(FloatingPointError, match=r"at step 4\b"):
+    _train(tmp_path, optimizer=optimizer, num_steps=8, checkpoint_period=2,
+           async_checkpoints=False)
+  with checkpoints.Checkpointer(str(tmp_path), async_save=False) as ckpt:
+    assert ckpt.all_steps() == [2]
+    state, _ = ckpt.restore()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_unwritable_model_dir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(PermissionError, match="MODEL_DIR .* is not writable"):
+    trainer.check_model_dir(str(blocker / "run"))
+  with pytest.raises(ValueError, match="MODEL_DIR is not set"):
+    trainer.check_model_dir("")
+
+
+def test_bad_batch_size_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="num_microbatches=3"):
+    _train(tmp_path, num_steps=1, num_microbatches=3)
