@@ -30,7 +30,11 @@ TEST_REQUIRES = [
     "nbclient>=0.10,<0.12",
     "nbformat>=5.9,<6",
     "ipykernel>=6.29,<8",
+    "matplotlib>=3.8,<4",
 ]
+
+# Running the notebooks by hand (the test extra covers them too).
+NOTEBOOK_REQUIRES = ["jupyter>=1.0,<2", "matplotlib>=3.8,<4"]
 
 setuptools.setup(
     name="hyper-tasks",
@@ -41,6 +45,6 @@ setuptools.setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
     entry_points={"console_scripts": ["hyper-tasks=hyper_tasks.cli:main"]},
 )
