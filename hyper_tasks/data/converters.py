@@ -217,9 +217,10 @@ class HyperEncDecFeatureConverter(seqio.FeatureConverter):
                       drop_remainder: bool = True) -> tf.data.Dataset:
     """Batches and converts in one step: the fast path of unpacked batches.
 
-    Gives exactly ``ds.apply(self).batch(batch_size)`` (same arrays, same
-    truncation counts) but trims, pads and shifts whole batches at once:
-    per-example conversion costs more than tokenization on short examples.
+    Gives exactly the arrays of ``self(ds, lengths).batch(batch_size)`` but
+    trims, pads and shifts whole batches at once: per-example conversion costs
+    more than tokenization on short examples. Truncation is counted over the
+    examples of the batches produced (a dropped remainder is not counted).
 
     Args:
       ds: task examples (token features as 1-D int32 sequences).

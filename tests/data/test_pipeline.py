@@ -1,0 +1,101 @@
+"""pipeline: determinism, start_batch, sharding, lookups, registration."""
+import numpy as np
+import pytest
+
+from hyper_tasks.data import features as F
+from hyper_tasks.data import pipeline
+from hyper_tasks.data import registry
+from hyper_tasks.data import toy
+
+LENGTHS = {F.HYPER_INPUTS: 48, F.INPUTS: 16, F.TARGETS: 16}
+
+
+def _batches(n, **kwargs):
+  it = pipeline.get_dataset("toy_train", "train", LENGTHS, batch_size=8,
+                            **kwargs)
+  return [next(it) for _ in range(n)]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert set(x) == set(y)
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+@pytest.fixture(scope="module")
+def toy_registered():
+  toy.register_toy()
+  yield
+  registry.unregister_all()
+
+
+def test_same_batches_for_a_seed(toy_registered):
+  first = _batches(6, seed=3)
+  _assert_same(first, _batches(6, seed=3))
+  other = _batches(6, seed=4)
+  assert not np.array_equal(first[0][F.ENCODER_INPUT_TOKENS],
+                            other[0][F.ENCODER_INPUT_TOKENS])
+  batch = first[0]
+  assert set(batch) == set(F.MODEL_FEATURES)
+  assert batch[F.HYPER_ENCODER_INPUT_TOKENS].shape == (8, 48)
+  assert batch[F.DECODER_LOSS_WEIGHTS].dtype == np.int32
+
+
+def test_start_batch_equals_skipping(toy_registered):
+  full = _batches(7, seed=5)
+  resumed = _batches(3, seed=5, start_batch=4)
+  _assert_same(resumed, full[4:])
+
+
+def test_shards_partition_the_examples(toy_registered):
+  def rows(**kwargs):
+    it = pipeline.get_dataset("toy_test_heldout_op", "test", LENGTHS,
+                              batch_size=5, shuffle=False, num_epochs=1,
+                              drop_remainder=False, **kwargs)
+    return [tuple(r) for b in it for r in np.concatenate(
+        [b[F.HYPER_ENCODER_INPUT_TOKENS], b[F.ENCODER_INPUT_TOKENS]], 1)]
+  everything = rows()
+  shards = [rows(shard_id=i, num_shards=3) for i in range(3)]
+  assert sorted(sum(shards, [])) == sorted(everything)
+  assert all(shards)
+
+
+def test_truncation_stats_after_a_finite_pass(toy_registered):
+  lengths = {F.HYPER_INPUTS: 8, F.INPUTS: 16, F.TARGETS: 16}
+  records = pipeline.load_examples("toy_test_heldout_op", "test")
+  expected = sum(len(r[F.HYPER_INPUTS].encode()) + 1 > 8 for r in records)
+  it = pipeline.get_dataset("toy_test_heldout_op", "test", lengths,
+                            batch_size=4, shuffle=False, num_epochs=1,
+                            drop_remainder=False)
+  rows = sum(len(b[F.ENCODER_INPUT_TOKENS]) for b in it)
+  stats = it.truncation_stats()
+  assert rows == len(records) == stats["examples"]
+  assert stats[F.HYPER_INPUTS] == expected > 0
+  assert stats[F.INPUTS] == stats[F.TARGETS] == 0
+
+
+def test_load_examples_and_lookups(toy_registered):
+  assert pipeline.splits("toy_train") == ("train", "validation", "test")
+  some = pipeline.load_examples("toy_train", "train", max_examples=3)
+  assert len(some) == 3 and some[0][F.TASK_NAMES] == "list_reverse"
+  assert set(some[0]) == set(F.RECORD_KEYS)
+  assert "toy_train" in pipeline.list_names("toy_*")["tasks"]
+  with pytest.raises(KeyError, match="No seqio task or mixture named"):
+    pipeline.get_provider("toy_nonexistent")
+  with pytest.raises(ValueError, match="missing"):
+    pipeline.get_dataset("toy_train", "train", {F.INPUTS: 8})
+
+
+def test_register_all_is_idempotent(clean_registry):
+  first = registry.register_all()
+  assert "esni_def_train" in first and "toy_train" in first
+  provider = pipeline.get_provider("toy_train")
+  assert registry.register_all() == first
+  assert pipeline.get_provider("toy_train") is provider  # Not rebuilt.
+
+
+def test_unknown_name_registers_the_embedded_default(clean_registry):
+  registry.unregister_all()
+  assert pipeline.get_provider("esni_def_test").name == "esni_def_test"
