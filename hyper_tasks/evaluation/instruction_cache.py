@@ -14,9 +14,10 @@ so that over one evaluation `hits == rows - distinct instructions` when no
 entry is evicted.
 
 The evaluator prefers the shared `hyper_tasks.models.cache.AdaptationCache`
-when it exists (same interface: `get(hyper_tokens [B, Lh]) -> batched
-Adaptation` and the three counters); `make_cache` picks it and falls back to
-this class.
+(same interface: `get(hyper_tokens [B, Lh]) -> batched Adaptation` and the
+three counters), adapted so that its jitted hypernetwork compiles once per
+model rather than once per cache; `make_cache` picks it and falls back to
+`LocalAdaptationCache` where it is absent.
 """
 
 from __future__ import annotations
@@ -110,14 +111,63 @@ class LocalAdaptationCache:
     return stacked.replace(batched=True)
 
 
-def make_cache(model, params, *, batch_size: int = 32, encode_fn=None):
-  """The shared `AdaptationCache` when available, else `LocalAdaptationCache`."""
+def _shared_cache_class():
+  """`AdaptationCache` adapted to the evaluator, or None if it does not exist."""
   try:
     from hyper_tasks.models.cache import AdaptationCache  # pylint: disable=g-import-not-at-top
   except ImportError:
-    AdaptationCache = None  # pylint: disable=invalid-name
-  if AdaptationCache is not None:
-    return AdaptationCache(model, params)
+    return None
+
+  class EvaluatorAdaptationCache(AdaptationCache):
+    """The shared cache, encoding through the evaluator's jitted function.
+
+    The base class jits the hypernetwork per cache instance and per
+    power-of-two count of new instructions; evaluation builds one cache per
+    run (the parameters change between runs during training), so that would
+    recompile every run. Here the jitted function is the model's (compiled
+    once) and always sees `rows` instructions (padded by repetition, then
+    sliced), so it compiles for one shape.
+    """
+
+    def __init__(self, model, params, *, encode_fn, rows: int, **kwargs):
+      super().__init__(model, params, **kwargs)
+      self._shared_encode = encode_fn
+      self._rows = max(1, int(rows))
+
+    def encode_instruction(self, hyper_encoder_input_tokens) -> Adaptation:
+      tokens = np.asarray(hyper_encoder_input_tokens)
+      parts = []
+      for start in range(0, len(tokens), self._rows):
+        chunk = tokens[start:start + self._rows]
+        n = len(chunk)
+        padded = np.concatenate(
+            [chunk, np.repeat(chunk[-1:], self._rows - n, axis=0)])
+        out = self._shared_encode(self.params, padded)
+        parts.append(jax.tree.map(lambda x, n=n: x[:n], out))
+      if len(parts) == 1:
+        return parts[0]
+      return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+  return EvaluatorAdaptationCache
+
+
+def make_cache(model, params, *, batch_size: int = 32, encode_fn=None):
+  """The shared `AdaptationCache` (adapted, see `_shared_cache_class`) when it
+  exists, else `LocalAdaptationCache`.
+
+  Args:
+    model: an `EncoderDecoderModel` with a hypernetwork.
+    params: its (unboxed) parameters.
+    batch_size: the evaluation batch size (instructions per encoder call).
+    encode_fn: jitted `(params, hyper_tokens) -> Adaptation` to share.
+  """
+  encode_fn = encode_fn or jax.jit(model.encode_instruction)
+  # Rows of one batch must all stay resident; with rows ordered by
+  # instruction an evicted instruction never recurs.
+  max_entries = max(4 * batch_size, 256)
+  cls = _shared_cache_class()
+  if cls is not None:
+    return cls(model, params, encode_fn=encode_fn, rows=batch_size,
+               max_entries=max_entries)
   return LocalAdaptationCache(model, params, encode_batch_size=batch_size,
-                              max_entries=max(4 * batch_size, 256),
-                              encode_fn=encode_fn)
+                              max_entries=max_entries, encode_fn=encode_fn)
