@@ -183,13 +183,8 @@ def test_real_c4_with_t5_vocabulary(shared_data, clean_registry):
   lengths = {F.HYPER_INPUTS: 64, F.INPUTS: 48, F.TARGETS: 32}
   batches = pipeline.get_dataset("c4_hyper_pretrain", "train", lengths,
                                  batch_size=16, seed=0)
-  first = [next(batches) for _ in range(2)]
-  again = pipeline.get_dataset("c4_hyper_pretrain", "train", lengths,
-                               batch_size=16, seed=0)
-  for batch in first:
-    expected = next(again)
-    for key, value in batch.items():
-      np.testing.assert_array_equal(value, expected[key])
+  for _ in range(2):
+    batch = next(batches)
     # Every row is a non-empty part ending in EOS, within its length.
     for key in (F.HYPER_ENCODER_INPUT_TOKENS, F.ENCODER_INPUT_TOKENS,
                 F.DECODER_TARGET_TOKENS):
@@ -197,4 +192,6 @@ def test_real_c4_with_t5_vocabulary(shared_data, clean_registry):
       lengths_found = (tokens != 0).sum(axis=1)
       assert (lengths_found >= 2).all()
       assert (tokens[np.arange(16), lengths_found - 1] == EOS).all()
+  # Cutting fits every part, so the converter never truncates.
   assert batches.truncation_stats()[F.INPUTS] == 0
+  assert batches.truncation_stats()[F.HYPER_INPUTS] == 0
