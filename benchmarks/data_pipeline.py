@@ -48,6 +48,24 @@ PIPELINES = (
 )
 
 
+# What profiling found (kept with the table; see the module docstring of each file).
+ANALYSIS = (
+    "Profile and changes. SNI: per-example feature conversion and per-example "
+    "gathers from the in-memory records cost more than tokenization; converting "
+    "whole batches (`HyperEncDecFeatureConverter.convert_batched`, same arrays) "
+    "and gathering records 256 at a time took `sni_def_train` from about 2.1k "
+    "to 3.1k examples per CPU-second. C4: cutting is vectorized over batches of "
+    "64 documents (`c4.split_batch`) and local jsonl is read in blocks of 256 "
+    "documents; what remains is tokenization (tf_text's SentencePiece op, about "
+    "2k documents per CPU-second alone), so C4 sits near the 2,000/s target on "
+    "2 free cores and below it on a loaded machine. Measured alternative: the "
+    "Python SentencePiece library through `tf.numpy_function` gives about 20% "
+    "more documents per CPU-second (and Hugging Face's ids exactly), but it holds "
+    "the GIL that the trainer's Python thread needs, so the pipeline keeps the TF "
+    "op. For long runs, tokenize C4 once offline (TFDS / seqio cache) and cut "
+    "the cached tokens.")
+
+
 def _cpu_seconds() -> float:
   usage = resource.getrusage(resource.RUSAGE_SELF)
   return usage.ru_utime + usage.ru_stime
@@ -142,6 +160,8 @@ def main(argv=None) -> int:
         "bound by SentencePiece tokenization of whole documents (about 500 "
         "tokens each, tokenized before cutting). First-batch time includes "
         "filling the shuffle buffers.",
+        "",
+        ANALYSIS,
         *([args.note] if args.note else []),
     ])
     common.replace_section(SECTION, body)
