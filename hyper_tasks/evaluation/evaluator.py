@@ -14,8 +14,9 @@ How a name is evaluated:
    P3 `rank_classification` preprocessor, or any record with `num_choices > 1`)
    is evaluated by rank classification; any other by generation. Tasks in the
    report are the records' `task_names` (one seqio task of SNI test data holds
-   all SNI test tasks). `max_examples` is per seqio task and counts examples,
-   not answer-choice rows.
+   all SNI test tasks). `max_examples` caps the examples (not answer-choice
+   rows) of each (task, template) group, the first ones in source order: per
+   SNI task, per P3 template, per toy phrasing.
 2. A robustness control (`control`: shuffle / random / empty, see
    controls.py) rewrites the instructions, per example, before tokenization.
 3. Records are tokenized with the data package's vocabulary into fixed-length
@@ -69,6 +70,7 @@ import tqdm
 
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
+from hyper_tasks.data import registry
 from hyper_tasks.data import vocab as vocab_lib
 from hyper_tasks.evaluation import batching
 from hyper_tasks.evaluation import controls as controls_lib
@@ -167,6 +169,27 @@ def _load_rank_rows(task_name: str, split: str, max_examples: Optional[int],
     limit *= 2
 
 
+def _cap_per_group(records: Sequence[dict[str, Any]],
+                   max_examples: Optional[int]) -> list[dict[str, Any]]:
+  """The records of the first `max_examples` examples of each (task, template).
+
+  Rows of one rank-classification example share an example key and count once.
+  """
+  if max_examples is None:
+    return list(records)
+  seen: dict[tuple[str, str], set] = collections.defaultdict(set)
+  out = []
+  for index, record in enumerate(records):
+    task, template, example_id = _example_key(record)
+    examples = seen[(task, template)]
+    key = example_id if int(record.get(F.NUM_CHOICES, 1)) > 1 else index
+    if key not in examples and len(examples) >= max_examples:
+      continue
+    examples.add(key)
+    out.append(record)
+  return out
+
+
 def load_task_records(name: str, split: str = "test", *,
                       max_examples: Optional[int] = None,
                       sequence_lengths: Optional[Mapping[str, int]] = None
@@ -176,7 +199,9 @@ def load_task_records(name: str, split: str = "test", *,
   Args:
     name: seqio task or mixture name.
     split: the split to read.
-    max_examples: per seqio task; counts examples (not answer-choice rows).
+    max_examples: per (task, template) group (see `_cap_per_group`); counts
+      examples, not answer-choice rows. Token-level tasks (C4-style) are capped
+      per seqio task instead: they are not read in full.
     sequence_lengths: only used by token-level tasks (C4-style).
 
   Raises:
@@ -193,11 +218,18 @@ def load_task_records(name: str, split: str = "test", *,
       logging.info("evaluation: %s has no split %r; skipped.", task.name, split)
       continue
     if _has_rank_preprocessor(task):
+      # One P3 task is one template: reading its first examples is the cap.
       records = _load_rank_rows(task.name, split, max_examples, lengths)
       rank = True
+    elif registry.is_text_level(task.name):
+      # One task may hold many groups (all SNI test tasks): read it in full
+      # (text records are cheap) and cap each group.
+      records = pipeline.load_examples(task.name, split, None, lengths)
+      rank = any(int(r.get(F.NUM_CHOICES, 1)) > 1 for r in records)
     else:
       records = pipeline.load_examples(task.name, split, max_examples, lengths)
-      rank = any(int(r.get(F.NUM_CHOICES, 1)) > 1 for r in records)
+      rank = False
+    records = _cap_per_group(records, max_examples)
     if not records:
       logging.warning("evaluation: %s/%s has no examples%s.", task.name, split,
                       " with answer choices" if rank else "")
@@ -741,7 +773,8 @@ def evaluate(model, params, name: str, *, split: str = "test",
     sequence_lengths: `{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}`.
     batch_size: rows per model call (every call has exactly this many).
     vocabulary: None: the task's own vocabulary.
-    max_examples: per seqio task, in examples (not answer-choice rows).
+    max_examples: per (task, template) group, in examples (not answer-choice
+      rows): per SNI task, per P3 template, per toy phrasing.
     decode_method: "greedy" or "beam" (generation tasks).
     num_beams: beams for "beam".
     max_decode_length: None: `sequence_lengths["targets"]`.

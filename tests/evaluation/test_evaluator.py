@@ -412,38 +412,51 @@ def test_controlled_run_feeds_the_rewritten_instruction(trained):
 # -- seqio names, infer ---------------------------------------------------------
 
 
+def _groups(subset):
+  return {(r[F.TASK_NAMES], r[F.TEMPLATE])
+          for r in toy.records("", subset, "test")}
+
+
 def test_evaluate_infer_and_evaluate_many_by_name(trained, tmp_path):
   model, params = trained
-  report = evaluator.evaluate(
-      model, params, "toy_test_seen", split="test", sequence_lengths=LENGTHS,
-      batch_size=BATCH, max_examples=10, progress=False, step=3)
+  common = dict(split="test", sequence_lengths=LENGTHS, batch_size=BATCH,
+                vocabulary=VOCAB, progress=False)
+  report = evaluator.evaluate(model, params, "toy_test_seen", max_examples=2,
+                              step=3, **common)
   report_lib.validate_report(report)
   assert report["name"] == "toy_test_seen" and report["step"] == 3
-  assert report["num_examples"] == 10
-  # The first 10 records are one phrasing of one operation.
-  assert report["hypernet_calls"] == 1 and report["cache_hits"] == 9
+  # max_examples caps each (task, template) group; a toy template is one
+  # phrasing, i.e. one instruction.
+  groups = _groups("test_seen")
+  assert len(groups) > 20
+  assert report["num_examples"] == 2 * len(groups)
+  assert report["hypernet_calls"] == len(groups)
+  assert report["cache_hits"] == len(groups)
+  assert set(report["generation"]["per_task"]) == {t for t, _ in groups}
 
-  path = evaluator.infer(
-      model, params, "toy_test_seen", split="test", sequence_lengths=LENGTHS,
-      batch_size=BATCH, max_examples=10, progress=False,
-      output_path=str(tmp_path / "out" / "preds.jsonl"))
+  path = evaluator.infer(model, params, "toy_test_seen", max_examples=2,
+                         output_path=str(tmp_path / "out" / "preds.jsonl"),
+                         **common)
   lines = [json.loads(l) for l in open(path, encoding="utf-8")]
-  assert len(lines) == 10
+  assert len(lines) == 2 * len(groups)
   recomputed = metrics.compute_generation_metrics(
       [l["prediction"] for l in lines], [l["references"] for l in lines])
   assert recomputed["overall"] == report["generation"]["overall"]
 
   merged = evaluator.evaluate_many(
-      model, params, ["toy_test_seen", "toy_test_heldout_op"], split="test",
-      sequence_lengths=LENGTHS, batch_size=BATCH, max_examples=4,
-      controls=("shuffle", "empty"), progress=False)
+      model, params, ["toy_test_seen", "toy_test_heldout_op"], max_examples=1,
+      controls=("shuffle", "empty"), **common)
   report_lib.validate_report(merged)
-  assert merged["num_examples"] == 8
+  assert merged["name"] == "toy_test_seen+toy_test_heldout_op"
+  heldout = _groups("test_heldout_op")
+  assert merged["num_examples"] == len(groups) + len(heldout)
   assert set(merged["generation"]["per_task"]) == {
-      "list_reverse", "list_sort_desc"}
+      t for t, _ in groups | heldout}
   assert set(merged["controls"]) == {"shuffled_instruction",
                                      "empty_instruction"}
   assert merged["controls"]["empty_instruction"]["hypernet_calls"] == 1
+  assert (merged["controls"]["shuffled_instruction"]["generation"]["overall"]
+          ["num_examples"] == merged["num_examples"])
 
 
 # -- errors --------------------------------------------------------------------
@@ -481,7 +494,8 @@ def test_errors_name_the_task_and_example(trained):
     _run(model, params, one_task, control="shuffle")
   with pytest.raises(ValueError, match="no examples in split 'nope'"):
     evaluator.evaluate(model, params, "toy_test_seen", split="nope",
-                       sequence_lengths=LENGTHS, progress=False)
+                       sequence_lengths=LENGTHS, vocabulary=VOCAB,
+                       progress=False)
   with pytest.raises(ValueError, match="sequence_lengths needs keys"):
     evaluator.run_records(model, params, records, sequence_lengths={},
                           vocabulary=VOCAB)
