@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-import train_testlib as lib
+from tests.train import train_testlib as lib
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import trainer

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-import train_testlib as lib
+from tests.train import train_testlib as lib
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import trainer
