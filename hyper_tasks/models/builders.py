@@ -114,7 +114,8 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
                vocab_size: Optional[int] = None,
                dropout_rate: Optional[float] = None, z_loss: float = 1e-4,
                label_smoothing: float = 0.0,
-               hypernet_kwargs: Optional[dict] = None) -> EncoderDecoderModel:
+               hypernet_kwargs: Optional[dict] = None,
+               config_overrides: Optional[dict] = None) -> EncoderDecoderModel:
   """A (hyper-)T5 wrapped in the t5x-like model API.
 
   Args:
@@ -126,11 +127,12 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
     static_peft: learn the spec's slots under ``peft/`` (needs hypernet="none").
     no_instruction: control: the hypernetwork always sees a fixed instruction.
     hypernet_kwargs: options for :func:`~hyper_tasks.models.hypernets.make_hypernet`.
+    config_overrides: further ``T5Config`` fields (e.g. ``num_encoder_layers``).
   Raises:
     ValueError: for inconsistent combinations, naming them.
   """
-  cfg = make_t5_config(variant, size, vocab_size=vocab_size,
-                       dropout_rate=dropout_rate, dtype=dtype)
+  cfg = make_t5_config(variant, size, **dict(config_overrides or {}),
+                       vocab_size=vocab_size, dropout_rate=dropout_rate, dtype=dtype)
   spec = peft_spec if peft_spec is not None else PeftSpec()
   if not isinstance(spec, PeftSpec):
     raise ValueError(f"make_model: peft_spec must be a PeftSpec (e.g. "

@@ -33,6 +33,23 @@ def _key(i):
   return jax.random.key(i, impl="rbg")
 
 
+def fast_jit(fn):
+  """``jax.jit`` compiled with cheap XLA options (tiny programs, few calls), one
+  executable per argument structure."""
+  jitted, compiled = jax.jit(fn), {}
+
+  def call(*args):
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))))
+                      for x in leaves))
+    if key not in compiled:
+      compiled[key] = jitted.lower(*args).compile(compiler_options={
+          "xla_backend_optimization_level": 0,
+          "xla_llvm_disable_expensive_passes": True})
+    return compiled[key](*args)
+  return call
+
+
 def _batch(seed=0):
   rng = np.random.RandomState(seed)
   enc = rng.randint(2, CFG.vocab_size, size=(B, LI)).astype(np.int32)
@@ -59,7 +76,7 @@ def random_slots(spec, batch=None, seed=0, scale=0.5, zeros=False):
 @pytest.fixture(scope="module")
 def params():
   plain = Transformer(CFG)
-  return jax.jit(lambda k: nn.unbox(plain.init(
+  return fast_jit(lambda k: nn.unbox(plain.init(
       k, jnp.ones((B, LI), jnp.int32), jnp.ones((B, LT), jnp.int32)))["params"])(
           _key(0))
 
@@ -69,13 +86,13 @@ def logits_fn():
   """Jitted logits of the adaptable backbone (no hypernet, no static PEFT), with an
   optional explicit adaptation; the spec only sets LoRA scales."""
   module = Transformer(CFG, FULL_SPEC)
-  return jax.jit(lambda p, b, a: module.apply(
+  return fast_jit(lambda p, b, a: module.apply(
       {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"], None, a))
 
 
 @pytest.fixture(scope="module")
 def plain_logits(params):
-  return np.asarray(jax.jit(lambda p, b: Transformer(CFG).apply(
+  return np.asarray(fast_jit(lambda p, b: Transformer(CFG).apply(
       {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"]))(
           params, _batch()))
 
@@ -86,7 +103,7 @@ def test_all_peft_off_is_plain_t5(params, logits_fn, plain_logits):
   assert spec.is_empty and spec.slots(CFG) == []
   model = builders.make_model(hypernet="none", peft_spec=spec, vocab_size=64,
                               dropout_rate=0.0)
-  got = jax.jit(lambda p, b: model.module.apply(
+  got = fast_jit(lambda p, b: model.module.apply(
       {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"]))(
           params, _batch())
   # Same program, same numbers (compared jitted: eager op-by-op rounds differently).
@@ -159,11 +176,13 @@ def test_prefix_attention_matches_einsum_reference():
 def test_lora_equals_merged_kernel(params):
   spec = builders.make_peft_spec(lora_rank=2, lora_targets=ALL_LORA, lora_alpha=6.0)
   tree = random_slots(spec, seed=3, scale=0.3)  # per task: no batch axis
-  module = Transformer(CFG, spec)
   batch = _batch()
-  got = module.apply({"params": params}, batch["encoder_input_tokens"],
-                     batch["decoder_input_tokens"], None,
-                     Adaptation(tree, batched=False))
+
+  def logits(module, p, a):
+    return module.apply({"params": p}, batch["encoder_input_tokens"],
+                        batch["decoder_input_tokens"], None, a)
+  got = fast_jit(lambda p, a: logits(Transformer(CFG, spec), p, a))(
+      params, Adaptation(tree, batched=False))
   names = {"q": "query", "k": "key", "v": "value", "o": "out"}
   merged = jax.tree.map(np.array, params)
   count = 0
@@ -180,15 +199,14 @@ def test_lora_equals_merged_kernel(params):
     count += 1
   # q, k, v, o at 3 sites x 2 layers + wi_0, wi_1, wo in 2 stacks x 2 layers.
   assert count == 4 * 3 * 2 + 3 * 2 * 2
-  want = Transformer(CFG).apply({"params": merged}, batch["encoder_input_tokens"],
-                                batch["decoder_input_tokens"])
+  want = fast_jit(lambda p: logits(Transformer(CFG), p, None))(merged)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
 def score_fn():
   model = EncoderDecoderModel(Transformer(CFG, FULL_SPEC))
-  return jax.jit(model.score_batch)
+  return fast_jit(model.score_batch)
 
 
 def test_per_task_and_per_example_paths_agree(params, score_fn):
@@ -220,7 +238,7 @@ def test_decoding_with_prefixes_equals_full_recomputation(params, logits_fn):
   # Per-example adaptation with every method, prefixes at all three sites.
   adaptation = Adaptation(random_slots(FULL_SPEC, batch=B, seed=7), batched=True)
   length = 6
-  cached = jax.jit(lambda p, b, a: model.predict_batch(
+  cached = fast_jit(lambda p, b, a: model.predict_batch(
       p, b, a, method="greedy", max_decode_length=length))(params, batch, adaptation)
   # Reference: argmax over the uncached forward on the growing prefix.
   dec = np.zeros((B, length), np.int32)  # start token 0, then predictions
