@@ -741,16 +741,27 @@ def _decoding(method, num_beams, max_decode_length, sequence_lengths):
 def _load(names: Sequence[str], split: str, max_examples, sequence_lengths
           ) -> tuple[list[dict], set[str]]:
   """Records of the union of the names' seqio tasks (each task once)."""
-  records, rank_tasks, seen = [], set(), set()
+  records, seen = [], set()
+  mode_of: dict[str, tuple[bool, str]] = {}  # task_names -> (rank?, seqio task)
   for name in names:
     for task in load_task_records(name, split, max_examples=max_examples,
                                   sequence_lengths=sequence_lengths):
       if task.name in seen:
         continue
       seen.add(task.name)
+      for task_name in {str(r[F.TASK_NAMES]) for r in task.records}:
+        rank, other = mode_of.setdefault(
+            task_name, (task.rank_classification, task.name))
+        if rank != task.rank_classification:
+          # Records are routed by task name; one name cannot take both paths.
+          raise ValueError(
+              f"Task {task_name!r} is evaluated by rank classification in "
+              f"{(task.name if task.rank_classification else other)!r} and by "
+              f"generation in "
+              f"{(other if task.rank_classification else task.name)!r}; "
+              "evaluate them in separate calls.")
       records.extend(task.records)
-      if task.rank_classification:
-        rank_tasks.update(str(r[F.TASK_NAMES]) for r in task.records)
+  rank_tasks = {t for t, (rank, _) in mode_of.items() if rank}
   return records, rank_tasks
 
 

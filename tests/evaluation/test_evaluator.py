@@ -499,3 +499,19 @@ def test_errors_name_the_task_and_example(trained):
   with pytest.raises(ValueError, match="sequence_lengths needs keys"):
     evaluator.run_records(model, params, records, sequence_lengths={},
                           vocabulary=VOCAB)
+
+
+def test_a_task_name_cannot_be_both_generation_and_rank(monkeypatch, trained):
+  model, params = trained
+  rank = [r for r in _rank_records() if r[F.TASK_NAMES] == "list_first"]
+  gen = [r for r in toy.records("", "test_seen", "test")
+         if r[F.TASK_NAMES] == "list_first"][:2]
+  fake = {"a": [evaluator.TaskRecords("seqio_gen", gen, False)],
+          "b": [evaluator.TaskRecords("seqio_rank", rank, True)]}
+  monkeypatch.setattr(evaluator, "load_task_records",
+                      lambda name, split, **kwargs: fake[name])
+  with pytest.raises(ValueError, match=(
+      "'list_first' is evaluated by rank classification in 'seqio_rank' and "
+      "by generation in 'seqio_gen'")):
+    evaluator.evaluate_many(model, params, ["a", "b"], sequence_lengths=LENGTHS,
+                            vocabulary=VOCAB, progress=False)
