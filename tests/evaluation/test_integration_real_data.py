@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-from hyper_tasks.data import features as F
 from hyper_tasks.data import registry
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.evaluation import metrics
