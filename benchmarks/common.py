@@ -84,6 +84,23 @@ def time_calls(fn: Callable[[], object], warmup: int = 1, steps: int = 3,
   return out
 
 
+def time_calls_cpu(fn: Callable[[], object], warmup: int = 1, steps: int = 3,
+                   sync: Callable[[object], object] = lambda x: x
+                   ) -> tuple[list[float], list[float]]:
+  """Like :func:`time_calls`, also returning the process CPU seconds (all threads)
+  of each call. On a machine shared with other jobs, work per CPU-second is far less
+  disturbed than wall time, so ratios between two programs are best taken on it."""
+  for _ in range(warmup):
+    sync(fn())
+  wall, cpu = [], []
+  for _ in range(steps):
+    t, c = time.perf_counter(), time.process_time()
+    sync(fn())
+    wall.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
+  return wall, cpu
+
+
 def summary(seconds: list[float]) -> float:
   """The median: robust to one step disturbed by other load on a shared machine."""
   return statistics.median(seconds)

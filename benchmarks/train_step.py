@@ -135,7 +135,13 @@ def torch_step_seconds(cfg, batch: dict, warmup: int, steps: int,
   hf_cfg = hf.config_to_hf(cfg)
   hf_cfg.pop("architectures", None)
   config = transformers.T5Config(**hf_cfg)
-  model = transformers.T5ForConditionalGeneration(config).train()
+  model = transformers.T5ForConditionalGeneration(config)
+  if not cfg.tie_word_embeddings and model.lm_head.weight is model.shared.weight:
+    # transformers 5 ties T5's output layer to the embedding whatever the config
+    # says; untie it so both frameworks train the same parameters.
+    model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+  model.train()
   if optimizer == "adafactor":
     from transformers.optimization import Adafactor
     opt = Adafactor(model.parameters(), lr=1e-3, relative_step=False,
@@ -163,6 +169,19 @@ def torch_step_seconds(cfg, batch: dict, warmup: int, steps: int,
   gc.collect()
   return {"seconds": common.summary(times), "all": times, "params": n_params,
           "loss": last["loss"]}
+
+
+def _command(argv) -> str:
+  """The command line as recorded: without the free-text ``--note``."""
+  args, out, skip = list(argv if argv is not None else sys.argv[1:]), [], False
+  for a in args:
+    if skip:
+      skip = False
+    elif a == "--note":
+      skip = True
+    elif not a.startswith("--note="):
+      out.append(a)
+  return " ".join(out)
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -233,7 +252,7 @@ def main(argv=None):
 
   if args.record:
     lines = [
-        f"`python benchmarks/train_step.py {' '.join(argv or sys.argv[1:])}`",
+        f"`python benchmarks/train_step.py {_command(argv)}`",
         "", f"- Machine: {machine}.",
         f"- Dense f32 matmul (2048^2, measured in the same run): jax "
         f"{common.fmt_flops(peak)}/s" + (f", torch {common.fmt_flops(torch_peak)}/s"
