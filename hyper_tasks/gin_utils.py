@@ -31,22 +31,8 @@ import gin
 GIN_DIR_ENV = "HYPER_TASKS_GIN_DIR"
 CONFIG_FILE = "config.gin"
 
-# Modules whose gin configurables entry points may bind. Optional ones (being
-# written by other parts of the project) are skipped when absent.
-CONFIGURABLE_MODULES = (
-    "hyper_tasks.train.optimizers",
-    "hyper_tasks.train.partitioning",
-    "hyper_tasks.train.initial_restore",
-    "hyper_tasks.train.train_eval",
-    "hyper_tasks.train.trainer",
-    "hyper_tasks.data.registry",
-    "hyper_tasks.data.c4",
-    "hyper_tasks.models.builders",
-    "hyper_tasks.models.hypernets",
-    "hyper_tasks.evaluation.evaluator",
-    "hyper_tasks.eval",
-    "hyper_tasks.infer",
-)
+# Modules never imported for their configurables (entry points, scripts).
+_SKIP_MODULES = ("__main__", "hyper_tasks.cli", "hyper_tasks.demo", "hyper_tasks.sweep")
 
 
 class GinConfigError(ValueError):
@@ -128,16 +114,38 @@ def gin_args_from(namespace: argparse.Namespace, dotted: Sequence[str]) -> GinAr
                  paths)
 
 
-def import_configurables(modules: Iterable[str] = CONFIGURABLE_MODULES) -> None:
-  """Imports every module that registers configurables (absent ones skipped)."""
-  for name in modules:
-    try:
-      importlib.import_module(name)
-    except ModuleNotFoundError as e:
-      if e.name and name.startswith(e.name):
-        logging.debug("gin: optional module %s not present.", name)
-      else:
-        raise
+def configurable_modules() -> list[str]:
+  """Every module of the package whose source registers gin configurables.
+
+  Found by a text scan (no imports), so configurables added anywhere in the package
+  are known before the config is parsed and locked.
+  """
+  package_dir = os.path.dirname(os.path.abspath(__file__))
+  root = os.path.dirname(package_dir)
+  names = []
+  for dirpath, dirnames, filenames in os.walk(package_dir):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+    for filename in sorted(filenames):
+      if not filename.endswith(".py"):
+        continue
+      path = os.path.join(dirpath, filename)
+      module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+      module = module[:-len(".__init__")] if module.endswith(".__init__") else module
+      if module.endswith(_SKIP_MODULES) or module in _SKIP_MODULES:
+        continue
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+      if "gin.configurable" in text or "gin.register" in text:
+        names.append(module)
+  return names
+
+
+def import_configurables(modules: Optional[Iterable[str]] = None) -> None:
+  """Imports every module that registers configurables (default: all of them)."""
+  for name in configurable_modules() if modules is None else modules:
+    if name == __name__:
+      continue
+    importlib.import_module(name)
 
 
 def _resolve_file(path: str, search_paths: Sequence[str]) -> str:
@@ -180,7 +188,10 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
     except (ValueError, KeyError, SyntaxError) as e:
       raise _clear_error(e, f"gin binding {b!r}") from e
   if finalize:
-    gin.finalize()
+    try:
+      gin.finalize()
+    except ValueError as e:
+      raise GinConfigError(f"gin config is incomplete: {e}") from e
 
 
 def parse_from_args(args: GinArgs, finalize: bool = True) -> None:

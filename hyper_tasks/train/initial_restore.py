@@ -186,6 +186,54 @@ def _opt_state_from_ours(fresh_opt, flat_opt, groups, assignment_map,
   return out
 
 
+def read_checkpoint(path: str, fmt: str = "auto", step: Optional[int] = None
+                    ) -> tuple[dict, Optional[dict], Optional[dict], Optional[int]]:
+  """Reads any supported checkpoint.
+
+  Returns:
+    ``(flat params, flat optimizer state (ours) or None, t5x optimizer state or
+    None, step or None)``.
+  """
+  fmt = detect_format(path) if fmt == "auto" else fmt
+  if fmt == "hf":
+    from hyper_tasks.convert import hf  # pylint: disable=g-import-not-at-top
+    _, params = hf.load_t5(path)
+    return tree_utils.flatten(params), None, None, None
+  if fmt == "t5x":
+    from hyper_tasks.convert import t5x_checkpoint  # pylint: disable=g-import-not-at-top
+    params, opt, ckpt_step = t5x_checkpoint.load_t5x_checkpoint(path, step)
+    return params, None, opt, ckpt_step
+  ckpt, step = _our_checkpointer(path, step)
+  with ckpt:
+    step = ckpt.latest_step() if step is None else step
+    raw, _ = ckpt.restore(step)
+  return _flat(raw["params"]), _flat(raw.get("opt_state", {})), None, step
+
+
+def load_params(path: str, abstract_params: Any, fmt: str = "auto",
+                step: Optional[int] = None, assignment_map=()
+                ) -> tuple[Any, Optional[int]]:
+  """Parameters for evaluation/inference: every key must be in the checkpoint.
+
+  Args:
+    path: checkpoint (any format, see :class:`InitialRestore`).
+    abstract_params: the model's parameter tree of shapes (decides keys/dtypes).
+    fmt, step, assignment_map: as for :class:`InitialRestore`.
+
+  Returns:
+    ``(params tree of numpy arrays, checkpoint step or None)``.
+  """
+  flat_ckpt, _, _, ckpt_step = read_checkpoint(path, fmt, step)
+  flat, report = restore.restore_params(_flat(abstract_params), flat_ckpt,
+                                        assignment_map)
+  if report.unused:
+    logging.info("load_params: %d unused checkpoint keys (e.g. %s).",
+                 len(report.unused), report.unused[:3])
+  treedef = jax.tree.structure(abstract_params)
+  paths = tree_utils.leaf_paths(abstract_params)
+  return jax.tree.unflatten(treedef, [flat[p] for p in paths]), ckpt_step
+
+
 def _trainable_groups(optimizer: optimizers.GroupedOptimizer) -> list[str]:
   return [g.name for g in optimizer.groups if not g.frozen]
 
@@ -207,21 +255,7 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
   """
   fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
   notes = [f"initial restore: {fmt} checkpoint {cfg.path}"]
-  flat_opt = t5x_opt = None
-  if fmt == "hf":
-    from hyper_tasks.convert import hf  # pylint: disable=g-import-not-at-top
-    _, params = hf.load_t5(cfg.path)
-    flat_ckpt = tree_utils.flatten(params)
-  elif fmt == "t5x":
-    from hyper_tasks.convert import t5x_checkpoint  # pylint: disable=g-import-not-at-top
-    flat_ckpt, t5x_opt, _ = t5x_checkpoint.load_t5x_checkpoint(cfg.path, cfg.step)
-  else:
-    ckpt, step = _our_checkpointer(cfg.path, cfg.step)
-    with ckpt:
-      raw, _ = ckpt.restore(step)
-    flat_ckpt = _flat(raw["params"])
-    flat_opt = _flat(raw.get("opt_state", {}))
-
+  flat_ckpt, flat_opt, t5x_opt, _ = read_checkpoint(cfg.path, fmt, cfg.step)
   target = _flat(layout.abstract.params)
   init_flat = _flat(fresh.params)
   flat_params, report = restore.restore_params(

@@ -7,9 +7,9 @@ Every ``summary_period`` steps the trainer hands the accumulated device metrics 
   flops_per_second, mfu                                    (model FLOPs utilisation)
 
 writes everything to TensorBoard in ``MODEL_DIR/train`` and prints one progress
-line with an ETA. FLOPs per step come from ``hyper_tasks.models.flops`` when that
-module exists, else from XLA's cost analysis of the lowered (unpartitioned) train
-step, i.e. the whole step over all devices. The peak FLOP/s per device is
+line with an ETA. FLOPs per step are model FLOPs (``hyper_tasks.models.flops``: 3x
+the forward pass per example), falling back to XLA's cost analysis of the lowered
+(unpartitioned) train step, i.e. the whole step over all devices. The peak FLOP/s per device is
 configurable; by default it is looked up by ``device_kind`` (dense bfloat16 peaks
 of common accelerators) or, on CPU and unknown devices, measured once with a
 float32 matmul.
@@ -78,23 +78,34 @@ def peak_flops_per_device(override: Optional[float] = None) -> float:
   return measure_peak_flops()
 
 
-def step_flops(lowered: Any, model: Any = None, batch_shapes: Any = None) -> float:
+def step_flops(lowered: Any, model: Any = None,
+               batch_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> float:
   """FLOPs of one train step over all devices (0.0 when unknown).
+
+  Model FLOPs (the MFU convention): ``3 x`` the forward FLOPs of
+  ``hyper_tasks.models.flops.model_flops`` per example (the hypernetwork runs for
+  every example in training), times the batch size. Without that module (or for a
+  model it does not know), XLA's estimate of the lowered step, which also counts
+  elementwise work and the optimizer.
 
   Args:
     lowered: ``jax.jit(train_step).lower(state, batch)``.
-    model, batch_shapes: passed to ``hyper_tasks.models.flops.train_step_flops``
-      when that module provides it.
+    model: the ``EncoderDecoderModel``.
+    batch_shapes: ``{feature: shape}`` of the global batch.
   """
-  try:
-    from hyper_tasks.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
-    fn = getattr(flops_lib, "train_step_flops", None)
-    if fn is not None and model is not None:
-      return float(fn(model, batch_shapes))
-  except ImportError:
-    pass
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("hyper_tasks.models.flops failed (%s); using XLA's estimate.", e)
+  if model is not None and batch_shapes is not None:
+    try:
+      from hyper_tasks.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
+      b, enc_len = batch_shapes["encoder_input_tokens"]
+      dec_len = batch_shapes["decoder_target_tokens"][1]
+      hyper = batch_shapes.get("hyper_encoder_input_tokens")
+      instr_len = hyper[1] if hyper is not None and model.uses_instruction else 0
+      forward = flops_lib.model_flops(model, enc_len, dec_len, instr_len)
+      return 3.0 * b * float(forward.uncached())
+    except ImportError:
+      pass
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Analytic FLOPs failed (%s); using XLA's estimate.", e)
   try:
     cost = lowered.cost_analysis()
     if isinstance(cost, Sequence):

@@ -1,8 +1,8 @@
 """Evaluation during training: the evaluator on the current parameters.
 
 Every ``eval_period`` steps the trainer calls :func:`run`, which hands the live
-(sharded) parameters to ``hyper_tasks.evaluation.evaluator.evaluate`` and writes the
-report the standalone ``eval`` entry point would: JSON in
+(sharded) parameters to ``hyper_tasks.evaluation.evaluator.evaluate_many`` and writes
+the report the standalone ``eval`` entry point would: JSON in
 ``MODEL_DIR/eval_results/step_<N>.json`` and its scalars in TensorBoard under
 ``MODEL_DIR/eval``. Only process 0 writes.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
 
 import gin
 import jax
@@ -25,20 +25,26 @@ class TrainEval:
   """What to evaluate during training.
 
   Attributes:
-    mixture_or_task_name: seqio task or mixture (a mixture covers several tasks in
-      one report).
-    split: its split (default: the evaluator's default).
+    mixture_or_task_names: one seqio task or mixture, or several (one report over
+      all their tasks).
+    split: their split.
     sequence_lengths: default: the training lengths.
     batch_size: evaluation batch size.
-    max_examples: cap on examples (quick checks).
-    evaluate_kwargs: further ``evaluate`` arguments (``decode_method``, ...).
+    max_examples: cap on examples per task (quick checks).
+    evaluate_kwargs: further ``evaluate_many`` arguments (``decode_method``,
+      ``controls``, ...).
   """
-  mixture_or_task_name: str
-  split: Optional[str] = None
+  mixture_or_task_names: Union[str, Sequence[str]]
+  split: str = "test"
   sequence_lengths: Optional[Mapping[str, int]] = None
   batch_size: int = 8
   max_examples: Optional[int] = None
   evaluate_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def names(self) -> list[str]:
+    names = self.mixture_or_task_names
+    return [names] if isinstance(names, str) else list(names)
 
 
 def run(cfg: TrainEval, model, params, step: int, model_dir: str,
@@ -47,15 +53,11 @@ def run(cfg: TrainEval, model, params, step: int, model_dir: str,
   # pylint: disable=g-import-not-at-top
   from hyper_tasks.evaluation import evaluator
   from hyper_tasks.evaluation import report as report_lib
-  import gin as gin_lib
-  kwargs = dict(cfg.evaluate_kwargs)
-  if cfg.split is not None:
-    kwargs["split"] = cfg.split
-  rep = evaluator.evaluate(
-      model, params, cfg.mixture_or_task_name,
+  rep = evaluator.evaluate_many(
+      model, params, cfg.names, split=cfg.split,
       sequence_lengths=dict(cfg.sequence_lengths or train_sequence_lengths),
       batch_size=cfg.batch_size, max_examples=cfg.max_examples, step=step,
-      config_str=gin_lib.config_str(), progress=False, **kwargs)
+      config_str=gin.config_str(), progress=False, **dict(cfg.evaluate_kwargs))
   if jax.process_index() == 0:
     report_lib.write_report(model_dir, rep)
     report_lib.write_scalars(os.path.join(model_dir, EVAL_SUBDIR), step,

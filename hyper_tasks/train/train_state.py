@@ -141,7 +141,8 @@ def make_layout(model, optimizer: optimizers.GroupedOptimizer, mesh: Mesh,
 
 
 def make_init_fn(model, optimizer: optimizers.GroupedOptimizer, layout: StateLayout,
-                 input_shapes: Mapping[str, tuple[int, ...]]):
+                 input_shapes: Mapping[str, tuple[int, ...]],
+                 compiler_options: Optional[Mapping[str, Any]] = None):
   """Jitted ``init(key) -> TrainState`` that creates the state in ``layout``.
 
   ``key`` gives the parameter-initialisation key and the dropout key (different
@@ -152,7 +153,8 @@ def make_init_fn(model, optimizer: optimizers.GroupedOptimizer, layout: StateLay
     params = unbox(_params_fn(model, input_shapes)(init_key))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), rng=dropout_key)
-  return jax.jit(fn, out_shardings=layout.shardings)
+  return jax.jit(fn, out_shardings=layout.shardings,
+                 compiler_options=dict(compiler_options) if compiler_options else None)
 
 
 def init_state(model, optimizer: optimizers.GroupedOptimizer, layout: StateLayout,

@@ -133,10 +133,12 @@ _COMPILED: dict[tuple, _Compiled] = {}
 _MAX_COMPILED = 4
 
 
-def _compiled(model, optimizer, mesh, rules, input_shapes,
-              num_microbatches) -> _Compiled:
+def _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
+              compiler_options=None) -> _Compiled:
+  options = dict(compiler_options or {})
   key = (id(model), id(optimizer), mesh, tuple(map(tuple, rules)),
-         tuple(sorted(input_shapes.items())), num_microbatches)
+         tuple(sorted(input_shapes.items())), num_microbatches,
+         tuple(sorted(options.items())))
   hit = _COMPILED.get(key)
   if hit is not None and hit.model is model and hit.optimizer is optimizer:
     return hit
@@ -147,8 +149,9 @@ def _compiled(model, optimizer, mesh, rules, input_shapes,
   step = jax.jit(
       step_fn.make_train_step(model, optimizer, path_group, num_microbatches),
       in_shardings=(layout.shardings, partitioning.data_sharding(mesh)),
-      out_shardings=(layout.shardings, replicated), donate_argnums=donate)
-  init = ts_lib.make_init_fn(model, optimizer, layout, input_shapes)
+      out_shardings=(layout.shardings, replicated), donate_argnums=donate,
+      compiler_options=options or None)
+  init = ts_lib.make_init_fn(model, optimizer, layout, input_shapes, options)
   entry = _Compiled(model, optimizer, layout, init, step, path_group, {})
   if len(_COMPILED) >= _MAX_COMPILED:
     _COMPILED.pop(next(iter(_COMPILED)))
@@ -187,7 +190,8 @@ def train(*,
           peak_flops_per_device: Optional[float] = None,
           progress: bool = True,
           hooks: Sequence[Hook] = (),
-          dataset_fn: Optional[Callable[..., Any]] = None) -> TrainResult:
+          dataset_fn: Optional[Callable[..., Any]] = None,
+          compiler_options: Optional[Mapping[str, Any]] = None) -> TrainResult:
   """Trains ``model`` on a seqio task or mixture (see the module docstring).
 
   Args:
@@ -223,6 +227,8 @@ def train(*,
     dataset_fn: optional ``dataset_fn(start_batch=, shard_id=, num_shards=,
       batch_size=)`` returning an iterator of numpy batches, instead of the seqio
       pipeline.
+    compiler_options: XLA options for the train step, e.g.
+      ``{"xla_backend_optimization_level": 0}`` to compile tiny CPU runs faster.
 
   Returns:
     ``TrainResult(state, history, restore_report, preempted)``.
@@ -253,7 +259,8 @@ def train(*,
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       input_shapes = ts_lib.init_input_shapes(sequence_lengths)
-      fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches)
+      fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
+                      compiler_options)
       state, batches, report = _starting_state(fns, seed, ckpt, initial_restore,
                                                model_dir)
 

@@ -1,0 +1,146 @@
+"""Evaluate checkpoints: ``python -m hyper_tasks.eval --gin_file=runs/eval_sni.gin ...``.
+
+Thin entry point (t5x style): flags -> gin -> :func:`evaluate`, which loads the
+parameters (the latest checkpoint in ``MODEL_DIR``, a given step, every step, or an
+HF / t5x / other checkpoint at ``checkpoint_path``), runs
+``hyper_tasks.evaluation.evaluator.evaluate_many`` and writes
+``MODEL_DIR/eval_results/step_<N>.json`` plus TensorBoard scalars in
+``MODEL_DIR/eval``. Importable: ``evaluate(model=..., model_dir=..., ...)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+import gin
+import jax
+
+from hyper_tasks import gin_utils
+
+# Registered once, under this module's name, even when run as ``python -m``.
+_configurable = (gin.configurable(module="hyper_tasks.eval")
+                 if __name__ != "__main__" else (lambda fn: fn))
+
+
+def abstract_params(model, sequence_lengths: Mapping[str, int]) -> Any:
+  """The model's parameter shapes (no allocation)."""
+  from hyper_tasks.train import train_state  # pylint: disable=g-import-not-at-top
+  shapes = train_state.init_input_shapes(sequence_lengths)
+  boxed = jax.eval_shape(lambda k: model.get_initial_variables(k, shapes)["params"],
+                         jax.random.PRNGKey(0))
+  return train_state.unbox(boxed)
+
+
+def checkpoint_steps_to_load(model_dir: str, checkpoint_path: Optional[str],
+                             checkpoint_step: Union[None, int, str]
+                             ) -> list[tuple[str, Optional[int]]]:
+  """``[(path, step)]`` to evaluate: ``checkpoint_step`` None (latest), an int, or
+  ``"all"`` (every checkpoint in ``MODEL_DIR``)."""
+  from hyper_tasks.train import checkpoints  # pylint: disable=g-import-not-at-top
+  if checkpoint_path:
+    step = None if checkpoint_step in (None, "all") else int(checkpoint_step)
+    return [(checkpoint_path, step)]
+  with checkpoints.Checkpointer(model_dir, async_save=False) as ckpt:
+    steps = ckpt.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints; set "
+                            "checkpoint_path to evaluate another checkpoint.")
+  if checkpoint_step == "all":
+    return [(model_dir, s) for s in steps]
+  if checkpoint_step is None:
+    return [(model_dir, steps[-1])]
+  if int(checkpoint_step) not in steps:
+    raise FileNotFoundError(f"No checkpoint for step {checkpoint_step} in "
+                            f"{model_dir}/checkpoints; have {steps}.")
+  return [(model_dir, int(checkpoint_step))]
+
+
+def load_model_params(model, path: str, step: Optional[int],
+                      sequence_lengths: Mapping[str, int], fmt: str = "auto",
+                      assignment_map=()) -> tuple[Any, int]:
+  """``(params, step)`` of ``model`` from any checkpoint format."""
+  from hyper_tasks.train import initial_restore  # pylint: disable=g-import-not-at-top
+  params, ckpt_step = initial_restore.load_params(
+      path, abstract_params(model, sequence_lengths), fmt, step, assignment_map)
+  return params, int(step if step is not None else (ckpt_step or 0))
+
+
+@_configurable
+def evaluate(*, model, model_dir: str,
+             mixture_or_task_names: Union[str, Sequence[str]],
+             sequence_lengths: Mapping[str, int], split: str = "test",
+             batch_size: int = 32, checkpoint_path: Optional[str] = None,
+             checkpoint_step: Union[None, int, str] = None,
+             checkpoint_format: str = "auto", assignment_map=(),
+             max_examples: Optional[int] = None,
+             evaluate_kwargs: Optional[Mapping[str, Any]] = None,
+             progress: bool = True) -> list[dict]:
+  """Evaluates checkpoint(s) and writes their reports; returns the reports.
+
+  Args:
+    model: an ``EncoderDecoderModel``.
+    model_dir: ``MODEL_DIR`` (checkpoints to evaluate, and where reports go).
+    mixture_or_task_names: seqio task(s)/mixture(s) (one report over all).
+    sequence_lengths: ``{"hyper_inputs", "inputs", "targets"}``.
+    split, batch_size, max_examples: evaluation data.
+    checkpoint_path: evaluate this checkpoint (HF dir, t5x, or ours) instead of
+      ``MODEL_DIR``'s.
+    checkpoint_step: None (latest), a step, or ``"all"``.
+    checkpoint_format, assignment_map: see ``InitialRestore``.
+    evaluate_kwargs: further ``evaluate_many`` arguments (``decode_method``,
+      ``controls``, ...).
+    progress: progress bars.
+  """
+  # pylint: disable=g-import-not-at-top
+  from hyper_tasks.evaluation import evaluator
+  from hyper_tasks.evaluation import report as report_lib
+  from hyper_tasks.train import trainer
+  model_dir = trainer.check_model_dir(model_dir)
+  names = ([mixture_or_task_names] if isinstance(mixture_or_task_names, str)
+           else list(mixture_or_task_names))
+  reports = []
+  for path, step in checkpoint_steps_to_load(model_dir, checkpoint_path,
+                                             checkpoint_step):
+    params, step = load_model_params(model, path, step, sequence_lengths,
+                                     checkpoint_format, assignment_map)
+    rep = evaluator.evaluate_many(
+        model, params, names, split=split, sequence_lengths=dict(sequence_lengths),
+        batch_size=batch_size, max_examples=max_examples, step=step,
+        config_str=gin.config_str(), progress=progress,
+        checkpoint=f"{path}@{step}", **dict(evaluate_kwargs or {}))
+    out = report_lib.write_report(model_dir, rep)
+    report_lib.write_scalars(os.path.join(model_dir, "eval"), step,
+                             report_lib.flatten_metrics(rep))
+    logging.info("Evaluated step %d: %s", step, out)
+    print(f"eval report: {out}", flush=True)
+    reports.append(rep)
+  return reports
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return _run_main(argv, "hyper_tasks.eval", "evaluate",
+                   "Evaluate checkpoints of a hyper-tasks model.")
+
+
+def _run_main(argv, module_name, fn_name, description) -> int:
+  """Shared by eval/infer: parse gin flags, register data, call the function."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  dotted, rest = gin_utils.split_gin_args(argv)
+  parser = argparse.ArgumentParser(description=description)
+  gin_utils.add_gin_flags(parser)
+  args = gin_utils.gin_args_from(parser.parse_args(rest), dotted)
+  gin_utils.parse_from_args(args)
+  from hyper_tasks.data import registry  # pylint: disable=g-import-not-at-top
+  registry.register_all()
+  getattr(importlib.import_module(module_name), fn_name)()
+  return 0
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO)
+  sys.exit(importlib.import_module("hyper_tasks.eval").main())

@@ -1,0 +1,71 @@
+"""Predictions to JSONL: ``python -m hyper_tasks.infer --gin_file=runs/infer.gin ...``.
+
+Thin entry point: flags -> gin -> :func:`infer`, which loads the parameters (the
+latest checkpoint in ``MODEL_DIR``, a given step, or an HF / t5x / other checkpoint at
+``checkpoint_path``) and writes one line per example with
+``hyper_tasks.evaluation.evaluator.infer`` to
+``MODEL_DIR/inference/<name>_<split>_step<N>.jsonl`` (or ``output_path``).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import gin
+
+from hyper_tasks import eval as eval_lib
+
+INFERENCE_SUBDIR = "inference"
+
+_configurable = (gin.configurable(module="hyper_tasks.infer")
+                 if __name__ != "__main__" else (lambda fn: fn))
+
+
+@_configurable
+def infer(*, model, model_dir: str, mixture_or_task_name: str,
+          sequence_lengths: Mapping[str, int], split: str = "test",
+          batch_size: int = 32, checkpoint_path: Optional[str] = None,
+          checkpoint_step: Optional[int] = None, checkpoint_format: str = "auto",
+          assignment_map=(), output_path: Optional[str] = None,
+          max_examples: Optional[int] = None,
+          infer_kwargs: Optional[Mapping[str, Any]] = None,
+          progress: bool = True) -> str:
+  """Writes predictions for one task or mixture; returns the JSONL path.
+
+  Args: as :func:`hyper_tasks.eval.evaluate`; ``infer_kwargs`` go to
+  ``evaluator.infer`` (``decode_method``, ``num_beams``, ...).
+  """
+  # pylint: disable=g-import-not-at-top
+  from hyper_tasks.evaluation import evaluator
+  from hyper_tasks.train import trainer
+  model_dir = trainer.check_model_dir(model_dir)
+  (path, step), = eval_lib.checkpoint_steps_to_load(model_dir, checkpoint_path,
+                                                    checkpoint_step)
+  params, step = eval_lib.load_model_params(model, path, step, sequence_lengths,
+                                            checkpoint_format, assignment_map)
+  if output_path is None:
+    output_path = os.path.join(model_dir, INFERENCE_SUBDIR,
+                               f"{mixture_or_task_name}_{split}_step{step}.jsonl")
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  out = evaluator.infer(model, params, mixture_or_task_name, split=split,
+                        sequence_lengths=dict(sequence_lengths),
+                        batch_size=batch_size, max_examples=max_examples,
+                        output_path=output_path, progress=progress,
+                        **dict(infer_kwargs or {}))
+  print(f"predictions: {out}", flush=True)
+  return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  # pylint: disable=protected-access
+  return eval_lib._run_main(argv, "hyper_tasks.infer", "infer",
+                            "Write predictions of a hyper-tasks model.")
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO)
+  sys.exit(importlib.import_module("hyper_tasks.infer").main())
