@@ -1,0 +1,83 @@
+"""Sharded training equals one device: 8-way data parallel, 4x2 data x model, FSDP.
+
+Runs in a subprocess because ``--xla_force_host_platform_device_count=8`` must be
+set before jax initialises its CPU backend.
+"""
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+SCRIPT = r'''
+import json, tempfile
+import jax, numpy as np
+from jax.sharding import Mesh
+from tests.train import train_testlib as lib
+lib.enable_compilation_cache()
+from hyper_tasks.train import optimizers, partitioning, trainer
+
+assert jax.device_count() == 8, jax.devices()
+model = lib.tiny_t5(dropout_rate=0.0)
+optimizer = optimizers.adafactor_dual(backbone_lr=1e-2)
+
+def run(mesh, **kwargs):
+  return trainer.train(
+      model=model, model_dir=tempfile.mkdtemp(), mixture_or_task_name="synthetic",
+      num_steps=3, batch_size=8, sequence_lengths=lib.LENGTHS, optimizer=optimizer,
+      mesh=mesh, dataset_fn=lib.synthetic_batches, summary_period=1,
+      checkpoint_period=1000, progress=False, **kwargs)
+
+def spec(x):
+  return [a if a is None or isinstance(a, str) else list(a) for a in x.sharding.spec]
+
+runs = {
+    "one": run(Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))),
+    "data8": run(partitioning.make_mesh((8, 1))),
+    "data4_model2": run(partitioning.make_mesh((4, 2))),
+    "fsdp4_model2": run(partitioning.make_mesh((4, 2)), fsdp=True),
+}
+out = {}
+for name, r in runs.items():
+  p = r.state.params
+  wi = p["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  v = r.state.opt_state.inner_states["backbone"].inner_state.v
+  out[name] = {
+      "losses": [h["loss"] for h in r.history],
+      "wi_spec": spec(wi), "wi_devices": len(wi.sharding.device_set),
+      "wi_shard_shape": list(wi.addressable_shards[0].data.shape),
+      "embed_spec": spec(p["token_embedder"]["embedding"]),
+      "v_wi_spec": spec(v["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]),
+      "params": [np.asarray(x).ravel()[:64].tolist() for x in jax.tree.leaves(p)],
+  }
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_sharded_runs_match_one_device():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=str(REPO), env=env,
+                        capture_output=True, text=True, timeout=900)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  out = json.loads(lines[-1][len("RESULT "):])
+  ref = out["one"]["losses"]
+  assert len(ref) == 3 and ref[-1] < ref[0]
+  for name in ("data8", "data4_model2", "fsdp4_model2"):
+    diffs = [abs(a - b) for a, b in zip(out[name]["losses"], ref)]
+    assert len(diffs) == 3 and max(diffs) < 1e-5, (name, diffs)
+    for a, b in zip(out[name]["params"], out["one"]["params"]):
+      assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, name
+  # Parameters (and their optimizer statistics) really are split.
+  assert out["one"]["wi_shard_shape"] == [32, 64]
+  assert out["data8"]["wi_shard_shape"] == [32, 64]  # Data parallel: replicated.
+  assert out["data8"]["wi_devices"] == 8
+  assert out["data4_model2"]["wi_spec"] == [None, "model"]
+  assert out["data4_model2"]["wi_shard_shape"] == [32, 32]  # [32, 64] over 2.
+  assert out["data4_model2"]["v_wi_spec"] == [None, "model"]
+  assert out["data4_model2"]["embed_spec"] == ["model", None]
+  assert out["fsdp4_model2"]["wi_spec"] == ["data", "model"]
+  assert out["fsdp4_model2"]["wi_shard_shape"] == [8, 32]
+  assert out["fsdp4_model2"]["wi_devices"] == 8
