@@ -100,10 +100,24 @@ def train_command(point: Mapping[str, Any], model_dir: str,
   return cmd
 
 
+def _run_in_process(cmd: Sequence[str]) -> int:
+  """Runs a train command in this process (no interpreter start-up per run)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from hyper_tasks.train.__main__ import main as train_main  # pylint: disable=g-import-not-at-top
+  gin.clear_config(clear_constants=True)
+  try:
+    return train_main(list(cmd[3:]))
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"[sweep] {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
+  finally:
+    gin.clear_config(clear_constants=True)
+
+
 def run_grid(points: Sequence[Mapping[str, Any]], sweep_dir: str,
              gin_files: Sequence[str], bindings: Sequence[str],
              gin_search_paths: Sequence[str] = (), print_only: bool = False,
-             out=sys.stdout) -> dict[str, int]:
+             out=sys.stdout, in_process: bool = False) -> dict[str, int]:
   """Runs (or prints) every point; returns ``{run name: exit code}``.
 
   A failed run does not stop the sweep: its code is recorded and it has no row in
@@ -120,7 +134,10 @@ def run_grid(points: Sequence[Mapping[str, Any]], sweep_dir: str,
       print(line, file=out)
       continue
     print(f"[sweep] {name}: {line}", file=out, flush=True)
-    codes[name] = subprocess.run(cmd, check=False).returncode
+    if in_process:
+      codes[name] = _run_in_process(cmd)
+    else:
+      codes[name] = subprocess.run(cmd, check=False).returncode
     if codes[name]:
       print(f"[sweep] {name} failed with exit code {codes[name]}", file=out)
   return codes
@@ -164,6 +181,13 @@ def _cell(value: Any) -> str:
   return "" if value is None else str(value)
 
 
+def headline(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Rows cut to the aggregate metrics (names with at most one ``/``, e.g.
+  ``sni/rougeL``, ``t0/accuracy_median``), for a readable table; the CSV keeps all."""
+  return [{k: v for k, v in r.items() if k.count("/") <= 1 and
+           not k.startswith("counters/")} for r in rows]
+
+
 def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
   """A GitHub markdown table (empty cells where a run lacks a metric)."""
   if not rows:
@@ -183,13 +207,15 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_results(sweep_dir: str, rows: Sequence[Mapping[str, Any]],
-                  grid_names: Sequence[str]) -> dict[str, str]:
-  """Writes results.md, results.csv and per-run TensorBoard hparams."""
+                  grid_names: Sequence[str], all_metrics_in_markdown: bool = False
+                  ) -> dict[str, str]:
+  """Writes results.md (headline metrics unless ``all_metrics_in_markdown``),
+  results.csv (every metric) and per-run TensorBoard hparams."""
   os.makedirs(sweep_dir, exist_ok=True)
   paths = {"markdown": os.path.join(sweep_dir, "results.md"),
            "csv": os.path.join(sweep_dir, "results.csv")}
   with open(paths["markdown"], "w", encoding="utf-8") as f:
-    f.write(to_markdown(rows))
+    f.write(to_markdown(rows if all_metrics_in_markdown else headline(rows)))
   with open(paths["csv"], "w", encoding="utf-8") as f:
     f.write(to_csv(rows) if rows else "")
   hparams_root = os.path.join(sweep_dir, "hparams")
@@ -201,6 +227,14 @@ def write_results(sweep_dir: str, rows: Sequence[Mapping[str, Any]],
                 row["step"])
   paths["hparams"] = hparams_root
   return paths
+
+
+# A 2x2 grid of a tiny HINT on the embedded SNI-format tasks, evaluated at its last
+# step: the results notebook's default and the test suite's end-to-end check.
+TINY_EXAMPLE_ARGS = (
+    "--gin_file=experiments/hint_finetune_sni.gin", "--gin_file=tiny.gin",
+    "--gin.TRAIN_STEPS=3", "--gin.EVAL_PERIOD=3", "--gin.TrainEval.max_examples=2",
+    "--grid=ADAPTER_SIZE=[4,8]", "--grid=NUM_PREFIX_TOKENS=[0,2]")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -218,6 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--print_only", action="store_true",
                       help="print the commands (for a cluster) instead of running")
   parser.add_argument("--collect_only", action="store_true")
+  parser.add_argument("--in_process", action="store_true",
+                      help="run the points inside this process (small local sweeps)")
   parser.add_argument("--metrics", action="append", default=None,
                       help="glob over metric names to keep in the table")
   # Accept t5x-style --gin.NAME=value for the sweep-wide bindings too.
@@ -232,14 +268,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   points = grid_points(axes)
   if not args.collect_only:
     codes = run_grid(points, args.sweep_dir, args.gin_file, args.bindings,
-                     args.gin_search_paths, args.print_only)
+                     args.gin_search_paths, args.print_only,
+                     in_process=args.in_process)
     if args.print_only:
       return 0
   else:
     codes = {}
   rows = collect(args.sweep_dir, points, args.metrics)
-  paths = write_results(args.sweep_dir, rows, [n for n, _ in axes])
-  print(to_markdown(rows))
+  paths = write_results(args.sweep_dir, rows, [n for n, _ in axes],
+                        all_metrics_in_markdown=args.metrics is not None)
+  print(to_markdown(rows if args.metrics is not None else headline(rows)))
   print(f"[sweep] {len(rows)}/{len(points)} runs collected -> {paths['markdown']}, "
         f"{paths['csv']}; TensorBoard hparams: {paths['hparams']}")
   failed = [n for n, c in codes.items() if c]
