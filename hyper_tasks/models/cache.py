@@ -34,6 +34,13 @@ def instruction_key(row) -> bytes:
   return row[:end].tobytes()
 
 
+# One jitted hypernetwork per model (a static argument), shared by every cache of
+# that model: a fresh cache after a parameter update does not recompile.
+_encode = jax.jit(
+    lambda model, params, tokens: model.encode_instruction(params, tokens),
+    static_argnums=0)
+
+
 def _bucket(n: int) -> int:
   """Next power of two, so the jitted hypernetwork compiles for few batch sizes."""
   return 1 << max(n - 1, 0).bit_length()
@@ -63,9 +70,9 @@ class AdaptationCache:
     self.model = model
     self.params = params
     self.max_entries = max_entries
-    self._encode = jax.jit(model.encode_instruction)
     self._entries: "collections.OrderedDict[bytes, Adaptation]" = (
         collections.OrderedDict())
+    self._lengths: dict[tuple, int] = {}
     self.hits = self.misses = self.hypernet_runs = self.hypernet_calls = 0
 
   def __len__(self) -> int:
@@ -76,13 +83,17 @@ class AdaptationCache:
 
   def encode_instruction(self, hyper_encoder_input_tokens) -> Adaptation:
     """The jitted, uncached hypernetwork: ``[B, Lh]`` -> batched ``Adaptation``."""
-    return self._encode(self.params, jnp.asarray(hyper_encoder_input_tokens))
+    return _encode(self.model, self.params, jnp.asarray(hyper_encoder_input_tokens))
 
   def _instruction_length(self, shape) -> int:
-    """Length of the fused instruction the uncached path gives for ``shape``."""
-    out = jax.eval_shape(self._encode, self.params,
-                         jax.ShapeDtypeStruct(shape, jnp.int32))
-    return 0 if out.instruction is None else out.instruction.shape[1]
+    """Length of the fused instruction the uncached path gives for ``shape``
+    (``Lh``, or 1 for the no-instruction control); traced once per shape."""
+    if shape not in self._lengths:
+      out = jax.eval_shape(self.model.encode_instruction, self.params,
+                           jax.ShapeDtypeStruct(shape, jnp.int32))
+      self._lengths[shape] = (0 if out.instruction is None
+                              else out.instruction.shape[1])
+    return self._lengths[shape]
 
   def _store(self, key: bytes, entry: Adaptation):
     if entry.instruction is not None:
