@@ -123,3 +123,13 @@ def test_unwritable_model_dir_is_a_clear_error(tmp_path):
 def test_bad_batch_size_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="num_microbatches=3"):
     _train(tmp_path, num_steps=1, num_microbatches=3)
+
+
+def test_bfloat16_compute_keeps_float32_state(tmp_path, trained):
+  _, full = trained
+  result = _train(tmp_path, num_steps=2, compute_dtype="bfloat16")
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(result.state.params))
+  losses = [h["loss"] for h in result.history]
+  # Same data and init: close to the float32 run, but computed in bfloat16.
+  np.testing.assert_allclose(losses, [h["loss"] for h in full.history[:2]], rtol=0.05)
+  assert losses[0] != full.history[0]["loss"]

@@ -191,3 +191,27 @@ def test_restore_t5x_checkpoint_and_train(shared_data, tmp_path):
   with checkpoints.Checkpointer(str(tmp_path), async_save=False) as ckpt:
     assert ckpt.latest_step() == 2
   assert os.path.exists(tmp_path / "restore_report.json")
+
+
+def test_restore_pretrained_from_an_hf_t5(tmp_path):
+  """HINT recipe step 1: an HF T5 backbone under a fresh hypernetwork."""
+  from hyper_tasks.convert import hf  # pylint: disable=g-import-not-at-top
+  cfg = lib.tiny_config(dropout_rate=0.0)
+  t5 = lib.tiny_t5(dropout_rate=0.0)
+  shapes = ts_lib.init_input_shapes(lib.LENGTHS)
+  backbone = jax.device_get(t5.get_initial_variables(
+      jax.random.PRNGKey(7), shapes, boxed=False)["params"])
+  hf.save_t5(backbone, cfg, str(tmp_path / "hf"))
+  layout = ts_lib.make_layout(MODEL, OPT, _one_device_mesh(), shapes)
+  fresh = ts_lib.init_state(MODEL, OPT, layout, shapes, seed=1)
+  restore = initial_restore.InitialRestore(path=str(tmp_path / "hf"),
+                                           **RESTORE_PRETRAINED)
+  state, report, notes = initial_restore.restore_initial(restore, OPT, layout, fresh)
+  expected = tree_utils.flatten(backbone)
+  assert sorted(report.loaded) == sorted(expected) and not report.unused
+  new = tree_utils.flatten(jax.device_get(state.params))
+  init = tree_utils.flatten(jax.device_get(fresh.params))
+  for key, value in new.items():
+    np.testing.assert_array_equal(
+        value, init[key] if key.startswith("hypernet/") else expected[key], key)
+  assert any("HF checkpoints hold no optimizer state" in n for n in notes)
