@@ -115,3 +115,23 @@ def test_failed_run_is_reported_and_sweep_goes_on(tmp_path, monkeypatch):
   assert code == 1 and len(calls) == 2
   assert all("--gin.X=1" in c for c in calls)
   assert calls[0][0] == sys.executable
+
+
+def test_tiny_2x2_sweep_end_to_end(tiny_sweep_dir):
+  """Four real training runs with evaluation, collected into one table."""
+  axes = sweep.parse_grid([a.split("=", 1)[1] for a in sweep.TINY_EXAMPLE_ARGS
+                           if a.startswith("--grid=")])
+  points = sweep.grid_points(axes)
+  assert len(points) == 4
+  rows = list(csv.DictReader(open(tiny_sweep_dir / "results.csv")))
+  assert sorted(r["run"] for r in rows) == sorted(sweep.run_name(p) for p in points)
+  for row in rows:
+    assert row["step"] == "3"
+    assert 0.0 <= float(row["sni/rougeL"]) <= 100.0
+    assert float(row["counters/num_examples"]) > 0
+  table = (tiny_sweep_dir / "results.md").read_text()
+  assert table.count("\n") == 2 + 4 and "sni/rougeL" in table
+  # Each run evaluated the adapter size it was given.
+  for point in points:
+    config = (tiny_sweep_dir / sweep.run_name(point) / "config.gin").read_text()
+    assert f"ADAPTER_SIZE = {point['ADAPTER_SIZE']}" in config
