@@ -4,8 +4,17 @@ An ``Adaptation`` holds
   * ``params``: the nested dict described by :meth:`PeftSpec.slots`, each leaf either
     per task (no batch axis, broadcast over the batch) or per example (leading ``[B]``);
   * ``instruction`` ``[B?, Lh, D]`` and ``instruction_mask`` ``[B?, Lh]``: the encoded
-    instruction, concatenated in front of the encoder output for instruction fusion
-    (``None`` when fusion is off).
+    instruction of instruction fusion (``None`` when fusion is off);
+  * ``cross_kv``: the fused instruction's cross-attention keys and values per decoder
+    layer, ``{"layers_<i>": {"key", "value"}}`` each ``[B?, Lh, H*K]`` (projected by
+    that layer's ``encoder_decoder_attention`` with the adaptation's k/v LoRA and IA3
+    applied). They depend only on the task, so ``Transformer.encode_instruction``
+    computes them once and every decoder layer prepends them (masked by
+    ``instruction_mask``) to the instance's cross-attention keys/values. An
+    adaptation with ``instruction`` but no ``cross_kv`` (e.g. reloaded from an
+    export) takes the slower equivalent path: ``instruction`` concatenated in front
+    of the encoder output and projected for every instance
+    (``Transformer.cache_instruction_kv`` adds the cached form).
 
 It is a pytree, so it passes through ``jit`` and can be cached and reused: encoding the
 instruction once per task and running many instances with it is the point of HINT.
@@ -26,6 +35,7 @@ class Adaptation:
   params: dict
   instruction: Optional[Array] = None
   instruction_mask: Optional[Array] = None
+  cross_kv: Optional[dict] = None
   # True when every leaf carries a leading batch axis.
   batched: bool = flax.struct.field(pytree_node=False, default=True)
 
@@ -43,24 +53,26 @@ class Adaptation:
     if not self.batched or n == 1:
       return self
     rep = lambda x: None if x is None else jnp.repeat(x, n, axis=0)
-    return Adaptation(jax.tree.map(rep, self.params), rep(self.instruction),
-                      rep(self.instruction_mask), batched=True)
+    return self._map(rep, batched=True)
 
   def broadcast(self, batch: int) -> "Adaptation":
     """Per-task -> per-example, by broadcasting every leaf to a leading ``[batch]``."""
     if self.batched:
       return self
     bc = lambda x: None if x is None else jnp.broadcast_to(x, (batch,) + x.shape)
-    return Adaptation(jax.tree.map(bc, self.params), bc(self.instruction),
-                      bc(self.instruction_mask), batched=True)
+    return self._map(bc, batched=True)
 
   def index(self, i) -> "Adaptation":
     """Example ``i`` of a batched adaptation, as a per-task (unbatched) one."""
     if not self.batched:
       return self
     take = lambda x: None if x is None else x[i]
-    return Adaptation(jax.tree.map(take, self.params), take(self.instruction),
-                      take(self.instruction_mask), batched=False)
+    return self._map(take, batched=False)
+
+  def _map(self, fn, batched: bool) -> "Adaptation":
+    cross_kv = None if self.cross_kv is None else jax.tree.map(fn, self.cross_kv)
+    return Adaptation(jax.tree.map(fn, self.params), fn(self.instruction),
+                      fn(self.instruction_mask), cross_kv, batched=batched)
 
 
 def batched_matmul(x: Array, w: Array) -> Array:

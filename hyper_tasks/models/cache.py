@@ -8,9 +8,9 @@ not seen -- deduplicated within a batch and across calls -- and returns the batc
 produced, assembled from per-instruction entries. Pass it to ``score_batch`` /
 ``predict_batch`` as ``adaptation=`` so the hypernetwork is skipped.
 
-The fused instruction encoding (instruction fusion) is stored trimmed to its real
-tokens and padded back (masked) to the length the uncached path would give, so
-outputs match the uncached ones. Entries are evicted least-recently-used beyond
+The fused instruction encoding (instruction fusion) and its cached cross-attention
+keys/values are stored trimmed to the real tokens and padded back (masked) to the
+length the uncached path would give, so outputs match the uncached ones. Entries are evicted least-recently-used beyond
 ``max_entries``. The cache is tied to one set of ``params``: build a new one after the
 parameters change.
 """
@@ -99,8 +99,11 @@ class AdaptationCache:
     if entry.instruction is not None:
       real = np.flatnonzero(np.asarray(entry.instruction_mask))
       n = int(real[-1]) + 1 if real.size else 0
-      entry = entry.replace(instruction=entry.instruction[:n],
-                            instruction_mask=entry.instruction_mask[:n])
+      trim = lambda x: x[:n]
+      entry = entry.replace(
+          instruction=entry.instruction[:n], instruction_mask=entry.instruction_mask[:n],
+          cross_kv=(None if entry.cross_kv is None
+                    else jax.tree.map(trim, entry.cross_kv)))
     self._entries[key] = entry
 
   def get(self, hyper_encoder_input_tokens) -> Adaptation:
@@ -153,7 +156,11 @@ class AdaptationCache:
       return jnp.pad(x, extra, constant_values=value)
     instr = jnp.stack([pad(e.instruction, 0) for e in entries])
     mask = jnp.stack([pad(e.instruction_mask, False) for e in entries])
-    return Adaptation(params, instr, mask, batched=True)
+    cross_kv = None
+    if entries[0].cross_kv is not None:  # padded keys/values are masked out
+      cross_kv = jax.tree.map(lambda *xs: jnp.stack([pad(x, 0) for x in xs]),
+                              *[e.cross_kv for e in entries])
+    return Adaptation(params, instr, mask, cross_kv, batched=True)
 
 
 def stats(cache: AdaptationCache) -> dict[str, Any]:

@@ -19,13 +19,17 @@ Where each PEFT method costs (per instance):
   prefixes     ``P`` more keys at each prefixed site: ``2 * 2 * Lq * P * H*K``;
   prompt       ``P`` more encoder tokens: the whole encoder and the cross-attention
                keys grow by ``P``;
-  fusion       ``Lh`` more cross-attention keys: their k/v projections in every
-               decoder layer, plus the scores/values over them.
+  fusion       ``Lh`` more cross-attention keys: the scores/values over them per
+               instance; their k/v projections (and cross k/v LoRA) in every decoder
+               layer once per task, as the model runs (``Adaptation.cross_kv``), or
+               per instance with ``cached_fused_kv=False`` (an adaptation without
+               cached keys/values).
 
 The once-per-task cost of a hypernetwork model is the instruction encoder at ``Lh``
 tokens (the backbone's encoder, or the hypernetwork's own) plus the hypernetwork
-itself: counted from the module for HINT, and from XLA's cost analysis of the module
-for any other hypernetwork. :func:`hint_cached` and :func:`concat_baseline` are the
+itself -- counted from the module for HINT, and from XLA's cost analysis of the module
+for any other hypernetwork -- plus, with instruction fusion, the instruction's
+cross-attention keys/values (``instruction_kv``). :func:`hint_cached` and :func:`concat_baseline` are the
 two settings compared in ``benchmarks/efficiency.py``; :func:`xla_flops` is the
 cross-check used by the tests.
 """
@@ -101,7 +105,8 @@ def _peft_parts(cfg: T5Config, spec: PeftSpec, enc: float, dec: float,
 
 
 def forward_parts(cfg: T5Config, enc_len: int, dec_len: int,
-                  spec: Optional[PeftSpec] = None, fused_len: int = 0) -> dict:
+                  spec: Optional[PeftSpec] = None, fused_len: int = 0,
+                  cached_fused_kv: bool = True) -> dict:
   """Per-instance forward FLOPs by component.
 
   Args:
@@ -110,7 +115,11 @@ def forward_parts(cfg: T5Config, enc_len: int, dec_len: int,
     dec_len: decoder tokens (teacher forcing; for cached generation of ``Lt``
       tokens the matmul count is the same).
     spec: the adaptation's slots (None = plain T5).
-    fused_len: instruction tokens fused in front of the encoder output (HINT).
+    fused_len: instruction tokens the decoder cross-attends to besides the
+      encoder output (HINT's instruction fusion).
+    cached_fused_kv: their keys/values come precomputed per task (the default, as
+      ``Transformer.encode_instruction`` makes them; see :func:`instruction_kv`),
+      else they are projected for every instance.
   Returns:
     ``{"encoder", "decoder_self", "cross", "decoder_mlp", "logits", "adapters",
     "lora", "prefixes"}`` -> FLOPs.
@@ -119,6 +128,7 @@ def forward_parts(cfg: T5Config, enc_len: int, dec_len: int,
   d, hk = cfg.d_model, cfg.inner_dim
   le = enc_len + (spec.prompt.num_tokens if spec.prompt else 0)
   lkv = le + fused_len  # cross-attention keys
+  lproj = le if cached_fused_kv else lkv  # keys/values projected per instance
   ld = dec_len
   enc_layer = (_mm(le, d, 3 * hk) + _attn_core(cfg, le, le) + _mm(le, hk, d)
                + _mlp(cfg, le))
@@ -127,13 +137,25 @@ def forward_parts(cfg: T5Config, enc_len: int, dec_len: int,
       "decoder_self": cfg.num_decoder_layers * (
           _mm(ld, d, 3 * hk) + _attn_core(cfg, ld, ld) + _mm(ld, hk, d)),
       "cross": cfg.num_decoder_layers * (
-          _mm(ld, d, hk) + _mm(lkv, d, 2 * hk) + _attn_core(cfg, ld, lkv)
+          _mm(ld, d, hk) + _mm(lproj, d, 2 * hk) + _attn_core(cfg, ld, lkv)
           + _mm(ld, hk, d)),
       "decoder_mlp": cfg.num_decoder_layers * _mlp(cfg, ld),
       "logits": _mm(ld, d, cfg.vocab_size),
   }
-  parts.update(_peft_parts(cfg, spec, le, ld, lkv))
+  parts.update(_peft_parts(cfg, spec, le, ld, lproj))
   return parts
+
+
+def instruction_kv(cfg: T5Config, spec: Optional[PeftSpec], fused_len: int) -> float:
+  """Once per task with instruction fusion: every decoder layer's cross-attention
+  key/value projections of the ``fused_len`` instruction states, with the cross
+  sites' k/v LoRA (``Adaptation.cross_kv``)."""
+  if not fused_len:
+    return 0.0
+  proj = cfg.num_decoder_layers * _mm(fused_len, cfg.d_model, 2 * cfg.inner_dim)
+  lora = _peft_parts(cfg, PeftSpec(lora=(spec or PeftSpec()).lora), 0, 0,
+                     fused_len)["lora"]
+  return proj + lora
 
 
 def backbone(cfg: T5Config, enc_len: int, dec_len: int) -> Flops:
@@ -149,13 +171,14 @@ def encoder_only(cfg: T5Config, length: int) -> float:
 
 
 def peft_overhead(cfg: T5Config, spec: PeftSpec, enc_len: int, dec_len: int,
-                  fused_len: int = 0) -> dict:
+                  fused_len: int = 0, cached_fused_kv: bool = True) -> dict:
   """Extra per-instance FLOPs over plain T5, by method (``prompt`` and ``fusion``
-  are the growth of the backbone from the longer encoder / cross-attention keys)."""
+  are the growth of the backbone from the longer encoder / cross-attention keys;
+  ``lora`` includes the cross k/v LoRA over the fused keys unless they are cached)."""
   plain = forward_parts(cfg, enc_len, dec_len)
   with_prompt = forward_parts(cfg, enc_len, dec_len,
                               PeftSpec(prompt=spec.prompt))
-  full = forward_parts(cfg, enc_len, dec_len, spec, fused_len)
+  full = forward_parts(cfg, enc_len, dec_len, spec, fused_len, cached_fused_kv)
   core = ("encoder", "decoder_self", "cross", "decoder_mlp", "logits")
   prompt = sum(with_prompt[k] for k in core) - sum(plain[k] for k in core)
   fusion = sum(full[k] for k in core) - sum(with_prompt[k] for k in core)
@@ -229,14 +252,17 @@ def model_flops(model, enc_len: int, dec_len: int, instr_len: int = 0) -> Flops:
   fused = instr_len if module.instruction_fusion else 0
   parts = forward_parts(module.config, enc_len, dec_len, module.peft_spec, fused)
   task = hypernet_cost(module, instr_len) if module.hypernet is not None else {}
+  if fused:
+    task["instruction_kv"] = instruction_kv(module.config, module.peft_spec, fused)
   all_parts = {f"instance/{k}": v for k, v in parts.items() if v}
   all_parts.update({f"task/{k}": v for k, v in task.items()})
   return Flops(sum(task.values()), sum(parts.values()), all_parts)
 
 
 def hint_cached(model, instr_len: int, enc_len: int, dec_len: int) -> Flops:
-  """HINT with a cached adaptation: the hypernetwork once per task (``per_task``),
-  then the adapted backbone (with fused instruction keys) per instance."""
+  """HINT with a cached adaptation: the hypernetwork and the fused instruction's
+  cross-attention keys/values once per task (``per_task``), then the adapted
+  backbone (attending to the cached instruction keys) per instance."""
   if _module(model).hypernet is None:
     raise ValueError("hint_cached: the model has no hypernetwork.")
   return model_flops(model, enc_len, dec_len, instr_len)

@@ -8,6 +8,7 @@ keys, see DESIGN.md) into calls of the flax module:
   score_batch(params, batch, adaptation=None) -> [B] summed target log-likelihood
   predict_batch(params, batch, adaptation=None, method="greedy"|"beam"|"sample")
   encode_instruction(params, hyper_tokens)    -> Adaptation   (once per task)
+  cache_instruction_kv(params, adaptation)    -> Adaptation with fused keys/values
 
 Passing a precomputed ``adaptation`` skips the hypernetwork: that is the per-task
 cache. ``adaptation`` may be per task (no batch axis) or per example.
@@ -146,6 +147,13 @@ class EncoderDecoderModel:
     """Run the hypernetwork once: ``[B, Lh]`` tokens -> batched ``Adaptation``."""
     return self.module.apply({"params": params}, hyper_encoder_input_tokens,
                              method=Transformer.encode_instruction)
+
+  def cache_instruction_kv(self, params, adaptation: Adaptation) -> Adaptation:
+    """Add the fused instruction's per-layer cross-attention keys/values to an
+    adaptation that carries only the instruction (e.g. from ``load_adaptation``), so
+    that instances do not re-project it; see ``Transformer.cache_instruction_kv``."""
+    return self.module.apply({"params": params}, adaptation,
+                             method=Transformer.cache_instruction_kv)
 
   # -- decoding --------------------------------------------------------------------
   def predict_batch(self, params, batch: Batch,

@@ -26,6 +26,18 @@ def _site_slots(adaptation: Optional[Adaptation], stack: str, layer: int, module
   return None if adaptation is None else adaptation.get(stack, f"layers_{layer}", module)
 
 
+def _fused_kv(adaptation: Optional[Adaptation], layer: int):
+  """This layer's cached instruction ``(keys, values, mask)``, or None."""
+  if adaptation is None or adaptation.cross_kv is None:
+    return None
+  name = f"layers_{layer}"
+  if name not in adaptation.cross_kv or adaptation.instruction_mask is None:
+    raise ValueError(f"Adaptation.cross_kv lacks {name!r} (has "
+                     f"{sorted(adaptation.cross_kv)}) or instruction_mask is None.")
+  kv = adaptation.cross_kv[name]
+  return kv["key"], kv["value"], adaptation.instruction_mask
+
+
 def _add_adapter(y, x, slots):
   delta = adapter_delta(x, slots)
   return y if delta is None else y + delta.astype(y.dtype)
@@ -88,8 +100,17 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, encoded, self_bias, self_mask, cross_mask, adaptation=None,
-               deterministic=True, decode=False):
+               deterministic=True, decode=False, cross_kv_only=False):
+    """One layer; with ``cross_kv_only`` just the cross-attention keys and values of
+    ``encoded`` as ``{"key", "value"}`` ``[B, Le, H*K]`` (``x`` and masks unused)."""
     cfg = self.config
+    if cross_kv_only:
+      slots = _site_slots(adaptation, "decoder", self.layer,
+                          "encoder_decoder_attention")
+      k, v = MultiHeadAttention(cfg, self.lora_scales,
+                                name="encoder_decoder_attention")(
+                                    None, encoded, slots=slots, kv_only=True)
+      return {"key": k, "value": v}
     drop = nn.Dropout(cfg.dropout_rate)
     eps = cfg.layer_norm_epsilon
     slots = _site_slots(adaptation, "decoder", self.layer, "self_attention")
@@ -100,7 +121,8 @@ class DecoderLayer(nn.Module):
     slots = _site_slots(adaptation, "decoder", self.layer, "encoder_decoder_attention")
     y = RMSNorm(eps, cfg.dtype, name="pre_cross_attention_layer_norm")(x)
     a = MultiHeadAttention(cfg, self.lora_scales, name="encoder_decoder_attention")(
-        y, encoded, None, cross_mask, slots, deterministic)
+        y, encoded, None, cross_mask, slots, deterministic,
+        fused_kv=_fused_kv(adaptation, self.layer))
     x = x + drop(_add_adapter(a, y, slots), deterministic=deterministic)
     slots = _site_slots(adaptation, "decoder", self.layer, "mlp")
     y = RMSNorm(eps, cfg.dtype, name="pre_mlp_layer_norm")(x)
@@ -155,10 +177,23 @@ class Decoder(nn.Module):
   config: T5Config
   lora_scales: Optional[dict] = None
 
+  def instruction_kv(self, instruction, adaptation=None) -> dict:
+    """Every layer's cross-attention keys/values of the fused instruction.
+
+    Args:
+      instruction: ``[B, Lh, D]`` encoded instruction.
+      adaptation: supplies the cross sites' k/v LoRA and IA3 (the same ones the
+        instance's keys/values get).
+    Returns:
+      ``{"layers_<i>": {"key", "value"}}``, each ``[B, Lh, H*K]``.
+    """
+    return self(None, instruction, None, adaptation=adaptation, cross_kv_only=True)
+
   @nn.compact
   def __call__(self, y, encoded, encoder_mask, embedder=None, positions=None,
                segment_ids=None, encoder_segment_ids=None, adaptation=None,
-               deterministic=True, decode=False, max_decode_length=None):
+               deterministic=True, decode=False, max_decode_length=None,
+               cross_kv_only=False):
     """Decode.
 
     Args:
@@ -170,6 +205,10 @@ class Decoder(nn.Module):
       ``[B, Lt, vocab]`` logits.
     """
     cfg = self.config
+    if cross_kv_only:  # see instruction_kv
+      return {f"layers_{i}": DecoderLayer(cfg, i, self.lora_scales, name=f"layers_{i}")(
+          None, encoded, None, None, None, adaptation, cross_kv_only=True)
+              for i in range(cfg.num_decoder_layers)}
     relpos = RelativePositionBias(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
                                   False, cfg.dtype, name="relpos_bias")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from hyper_tasks.models.adaptation import Adaptation
@@ -43,8 +44,9 @@ class Transformer(nn.Module):
     hypernet: a hypernetwork module (see ``hyper_tasks.models.hypernets``) that maps
       the encoded instruction to the spec's slot tree; None for no hypernetwork.
     static_peft: learn the slots directly under ``peft/`` instead (static baseline).
-    instruction_fusion: concatenate the encoded instruction in front of the encoder
-      output, so the decoder cross-attends to ``[instruction; input]`` (HINT).
+    instruction_fusion: the decoder cross-attends to ``[instruction; input]`` (HINT);
+      the instruction's keys/values are computed once per task by
+      ``encode_instruction`` (``Adaptation.cross_kv``).
     no_instruction: the no-instruction control: the hypernetwork always reads a
       fixed one-token instruction (EOS) whatever the batch holds, in training and
       evaluation alike.
@@ -92,8 +94,28 @@ class Transformer(nn.Module):
       h = self.encoder(x, mask, adaptation=None, deterministic=det)
     params = self.hypernet(h, mask, deterministic=det)
     if self.instruction_fusion:
-      return Adaptation(params, h, mask, batched=True)
+      # The instruction's cross-attention keys/values depend only on the task:
+      # project them here, once, with the generated k/v LoRA/IA3 of the cross sites.
+      return self.cache_instruction_kv(Adaptation(params, h, mask, batched=True))
     return Adaptation(params, batched=True)
+
+  def cache_instruction_kv(self, adaptation: Adaptation) -> Adaptation:
+    """``adaptation`` with ``cross_kv`` computed from its fused ``instruction``.
+
+    Per task (``[Lh, D]``) or per example (``[B, Lh, D]``); keys/values come out
+    ``[B?, Lh, H*K]`` per decoder layer. Use it on an adaptation that carries the
+    instruction but not its keys/values (e.g. reloaded from an export) to skip
+    re-projecting the instruction for every instance. Unchanged without an
+    instruction.
+    """
+    if adaptation is None or adaptation.instruction is None:
+      return adaptation
+    instr = adaptation.instruction.astype(self.config.dtype)
+    if adaptation.batched:
+      return adaptation.replace(cross_kv=self.decoder.instruction_kv(instr,
+                                                                     adaptation))
+    kv = self.decoder.instruction_kv(instr[None], adaptation)
+    return adaptation.replace(cross_kv=jax.tree.map(lambda x: x[0], kv))
 
   def static_adaptation(self) -> Optional[Adaptation]:
     if not (self.static_peft and not self.peft_spec.is_empty):
@@ -117,7 +139,10 @@ class Transformer(nn.Module):
              encoder_positions=None, enable_dropout=False):
     """Instance tokens ``[B, Li]`` -> (states ``[B, Le, D]``, mask ``[B, Le]``).
 
-    ``Le = P + Li`` with a prompt, plus ``Lh`` in front with instruction fusion.
+    ``Le = P + Li`` with a prompt. With instruction fusion the decoder also attends
+    to the instruction: through its cached keys/values (``adaptation.cross_kv``,
+    prepended in each cross-attention), or, for an adaptation without them, by
+    concatenating the instruction states here (``Le`` grows by ``Lh``).
     """
     mask = encoder_input_tokens > 0
     x = self.token_embedder(encoder_input_tokens)
@@ -127,9 +152,12 @@ class Transformer(nn.Module):
       raise ValueError("Packed inputs cannot be combined with prompt tuning.")
     encoded = self.encoder(x, mask, encoder_positions, encoder_segment_ids,
                            adaptation, deterministic=not enable_dropout)
-    if adaptation is not None and adaptation.instruction is not None:
+    if adaptation is not None and (adaptation.instruction is not None or
+                                   adaptation.cross_kv is not None):
       if encoder_segment_ids is not None:
         raise ValueError("Packed inputs cannot be combined with instruction fusion.")
+      if adaptation.cross_kv is not None:
+        return encoded, mask  # the decoder prepends the cached keys/values
       instr, imask = adaptation.instruction, adaptation.instruction_mask
       if instr.ndim == 2:
         b = encoded.shape[0]

@@ -56,15 +56,19 @@ def _xla_forward(module, li, ld, adaptation=None):
                          adaptation) / B
 
 
-def _abstract_adaptation(cfg, spec, fused_len=0):
+def _abstract_adaptation(cfg, spec, fused_len=0, cached_kv=False):
   tree = {}
   for s in spec.slots(cfg):
     set_path(tree, s.path, jax.ShapeDtypeStruct((B,) + s.shape, jnp.float32))
-  instr = mask = None
+  instr = mask = cross_kv = None
   if fused_len:
     instr = jax.ShapeDtypeStruct((B, fused_len, cfg.d_model), jnp.float32)
     mask = jax.ShapeDtypeStruct((B, fused_len), jnp.bool_)
-  return Adaptation(tree, instr, mask, batched=True)
+  if fused_len and cached_kv:
+    kv = jax.ShapeDtypeStruct((B, fused_len, cfg.inner_dim), jnp.float32)
+    cross_kv = {f"layers_{i}": {"key": kv, "value": kv}
+                for i in range(cfg.num_decoder_layers)}
+  return Adaptation(tree, instr, mask, cross_kv, batched=True)
 
 
 def _close(analytic, xla, tol=0.10):
@@ -80,19 +84,40 @@ def test_backbone_forward_matches_xla(name):
   _close(ours.per_instance, _xla_forward(Transformer(cfg), li, ld))
 
 
-def test_every_peft_method_and_fusion_match_xla():
+@pytest.mark.parametrize("cached", [True, False], ids=["cached_kv", "concat"])
+def test_every_peft_method_and_fusion_match_xla(cached):
+  """Fusion through per-task cached instruction keys/values (as the model runs) and
+  through an adaptation without them (instruction concatenated per instance)."""
   cfg, (li, ld), lh = CONFIGS["gated_untied"], LENGTHS["gated_untied"], 12
   module = Transformer(cfg, peft_spec=ALL_PEFT, instruction_fusion=True)
-  ours = flops.model_flops(module, li, ld, lh)
-  xla = _xla_forward(module, li, ld, _abstract_adaptation(cfg, ALL_PEFT, lh))
-  _close(ours.per_instance, xla)
+  parts = flops.forward_parts(cfg, li, ld, ALL_PEFT, lh, cached_fused_kv=cached)
+  if cached:
+    assert sum(parts.values()) == flops.model_flops(module, li, ld, lh).per_instance
+  xla = _xla_forward(module, li, ld, _abstract_adaptation(cfg, ALL_PEFT, lh, cached))
+  _close(sum(parts.values()), xla)
   # The overhead over plain T5 is what it claims to be, too.
   plain_ours = flops.backbone(cfg, li, ld).per_instance
   plain_xla = _xla_forward(Transformer(cfg), li, ld)
-  overhead = flops.peft_overhead(cfg, ALL_PEFT, li, ld, lh)
+  overhead = flops.peft_overhead(cfg, ALL_PEFT, li, ld, lh, cached)
   assert all(v > 0 for k, v in overhead.items()), overhead
-  assert sum(overhead.values()) == pytest.approx(ours.per_instance - plain_ours)
+  assert sum(overhead.values()) == pytest.approx(sum(parts.values()) - plain_ours)
   _close(sum(overhead.values()), xla - plain_xla, tol=0.15)
+
+
+def test_cached_instruction_kv_moves_to_per_task():
+  """Caching moves exactly the instruction's k/v projections (and cross k/v LoRA)
+  from every instance to once per task."""
+  cfg, (li, ld), lh = CONFIGS["uneven_stacks"], LENGTHS["uneven_stacks"], 40
+  spec = PeftSpec(lora=LoraSpec((("k", 8), ("v", 4)), sites=("cross",)))
+  cached = sum(flops.forward_parts(cfg, li, ld, spec, lh).values())
+  concat = sum(flops.forward_parts(cfg, li, ld, spec, lh,
+                                   cached_fused_kv=False).values())
+  per_task = flops.instruction_kv(cfg, spec, lh)
+  want = cfg.num_decoder_layers * (2 * lh * cfg.d_model * 2 * cfg.inner_dim
+                                   + 2 * lh * 8 * (cfg.d_model + cfg.inner_dim)
+                                   + 2 * lh * 4 * (cfg.d_model + cfg.inner_dim))
+  assert per_task == want and concat - cached == pytest.approx(per_task)
+  assert flops.instruction_kv(cfg, spec, 0) == 0
 
 
 @pytest.mark.parametrize("method,spec", [
@@ -132,6 +157,7 @@ def test_hypernetwork_per_task_cost_matches_xla(hypernet, spec):
   encode = lambda v, h: module.apply(v, h, method=Transformer.encode_instruction)
   ours = flops.model_flops(module, li, ld, lh)
   assert set(ours.parts) >= {"task/instruction_encoder", "task/hypernet"}
+  assert ("task/instruction_kv" in ours.parts) == (hypernet == "hint")
   _close(ours.per_task, flops.xla_flops(encode, variables, _ints(B, lh)) / B)
   adaptation = jax.eval_shape(encode, variables, _ints(B, lh))
   per_instance = flops.xla_flops(
