@@ -156,8 +156,8 @@ def _train(kind: str, model, model_dir: str, mixture: str, steps: int,
   return result.state.params, losses
 
 
-def run(out_dir: str, pretrain_steps: int = 300, finetune_steps: int = 1200,
-        batch_size: int = 32, lr: float = 3e-3, log_every: int = 100,
+def run(out_dir: str, pretrain_steps: int = 100, finetune_steps: int = 400,
+        batch_size: int = 24, lr: float = 3e-3, log_every: int = 100,
         models: Sequence[str] = MODELS, size_overrides: Optional[dict] = None,
         progress: bool = False) -> dict[str, Any]:
   """Runs the whole demo; returns ``{"rows": [...], "report_path": ...}``."""
@@ -280,9 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m hyper_tasks.demo",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--out_dir", default=os.path.join("runs", "demo"))
-  parser.add_argument("--pretrain_steps", type=int, default=300)
-  parser.add_argument("--finetune_steps", type=int, default=1200)
-  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--pretrain_steps", type=int, default=100)
+  parser.add_argument("--finetune_steps", type=int, default=400)
+  parser.add_argument("--batch_size", type=int, default=24)
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--log_every", type=int, default=100)
   parser.add_argument("--models", default=",".join(MODELS),
