@@ -159,7 +159,8 @@ def _train(kind: str, model, model_dir: str, mixture: str, steps: int,
 def run(out_dir: str, pretrain_steps: int = 100, finetune_steps: int = 400,
         batch_size: int = 24, lr: float = 3e-3, log_every: int = 100,
         models: Sequence[str] = MODELS, size_overrides: Optional[dict] = None,
-        progress: bool = False) -> dict[str, Any]:
+        progress: bool = False, max_eval_examples: Optional[int] = None
+        ) -> dict[str, Any]:
   """Runs the whole demo; returns ``{"rows": [...], "report_path": ...}``."""
   start = time.time()
   out_dir = os.path.abspath(out_dir)
@@ -190,7 +191,8 @@ def run(out_dir: str, pretrain_steps: int = 100, finetune_steps: int = 400,
     tasks = [names[_fmt(kind)] for _, names, _ in EVAL_SETS]
     report = evaluator.evaluate_many(
         model, params, tasks, split="test", sequence_lengths=_lengths(kind),
-        batch_size=64, step=finetune_steps, progress=progress)
+        batch_size=64, step=finetune_steps, progress=progress,
+        max_examples=max_eval_examples)
     report_lib.write_report(model_dir, report)
     reports[kind] = report
     per_task = report["generation"].get("per_task", {})
@@ -290,14 +292,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--quick", action="store_true",
                       help="a few steps only: checks the pipeline, not learning")
   args = parser.parse_args(argv)
+  max_eval = None
   if args.quick:
     args.pretrain_steps, args.finetune_steps, args.log_every = 2, 3, 1
+    max_eval = 2
   models = [m for m in args.models.split(",") if m]
   unknown = sorted(set(models) - set(MODELS))
   if unknown:
     parser.error(f"unknown --models {unknown}; choose from {MODELS}")
   summary = run(args.out_dir, args.pretrain_steps, args.finetune_steps,
-                args.batch_size, args.lr, args.log_every, models)
+                args.batch_size, args.lr, args.log_every, models,
+                max_eval_examples=max_eval)
   print("\n" + format_table(summary["rows"]))
   text = verdict(summary["rows"])
   if text:
