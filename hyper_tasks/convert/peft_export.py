@@ -36,6 +36,11 @@ instruction. ``export_peft`` writes it to ``out_dir``:
                                               ``config`` (HF names), which slots are
                                               in which file.
 
+    The instruction's cached cross-attention keys/values (``Adaptation.cross_kv``)
+    are not written: they follow from the instruction and the backbone, so the
+    reloaded adaptation runs the equivalent concatenated path, or
+    ``EncoderDecoderModel.cache_instruction_kv(params, adaptation)`` recomputes them.
+
     Fused instruction states change what the decoder attends to, which no PEFT
     method expresses: a LoRA-only PEFT directory without the sidecar is therefore
     exact only for models without instruction fusion. ``lora_only=True`` makes
@@ -181,6 +186,8 @@ def _leaves(adaptation: Adaptation):
   leaves = jax.tree.leaves(adaptation.params)
   if adaptation.instruction is not None:
     leaves += [adaptation.instruction, adaptation.instruction_mask]
+  if adaptation.cross_kv is not None:
+    leaves += jax.tree.leaves(adaptation.cross_kv)
   return leaves
 
 

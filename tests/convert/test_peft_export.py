@@ -189,6 +189,29 @@ def test_sidecar_round_trip_is_exact(mixed):
   np.testing.assert_array_equal(np.asarray(run(loaded)), np.asarray(run(adaptation)))
 
 
+def test_cached_instruction_kv_is_recomputed_after_reload(mixed, tmp_path):
+  """An adaptation carrying cached cross-attention keys/values exports the same
+  files (they follow from the instruction); the reloaded one, recached, runs the
+  same logits as the original."""
+  module, params, adaptation, out, _ = mixed
+  cache_kv = jax.jit(lambda a: module.apply({"params": params}, a,
+                                            method=Transformer.cache_instruction_kv))
+  cached = cache_kv(adaptation)
+  peft_export.export_peft(module, params, str(tmp_path), adaptation=cached)
+  from safetensors.numpy import load_file
+  name = "hyper_tasks_adaptation.safetensors"
+  assert set(load_file(str(tmp_path / name))) == set(load_file(os.path.join(out, name)))
+  loaded, _ = peft_export.load_adaptation(str(tmp_path))
+  assert loaded.cross_kv is None
+  recached = cache_kv(loaded)
+  enc, dec = _inputs(4)
+  run = jax.jit(lambda a: module.apply({"params": params}, enc, dec, adaptation=a))
+  np.testing.assert_allclose(np.asarray(run(recached)), np.asarray(run(cached)),
+                             atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(run(recached)), np.asarray(run(loaded)),
+                             atol=1e-5, rtol=1e-5)
+
+
 def test_lora_only_refuses_what_peft_cannot_hold(mixed, tmp_path):
   module, params, adaptation, _, _ = mixed
   with pytest.raises(ExportError) as info:
