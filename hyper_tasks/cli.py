@@ -138,4 +138,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
   sys.exit(main())

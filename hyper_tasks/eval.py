@@ -143,4 +143,5 @@ def _run_main(argv, module_name, fn_name, description) -> int:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
   sys.exit(importlib.import_module("hyper_tasks.eval").main())

@@ -148,6 +148,23 @@ def import_configurables(modules: Optional[Iterable[str]] = None) -> None:
     importlib.import_module(name)
 
 
+_ADDED_PATHS: list[str] = []
+
+
+class _PathProbeFilter(logging.Filter):
+  """Drops gin's ERROR "Path not found" logged for every search path it probes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.module == "resource_reader"
+                and str(record.msg).startswith("Path not found"))
+
+
+def _quiet_gin_path_probes() -> None:
+  root = logging.getLogger()
+  if not any(isinstance(f, _PathProbeFilter) for f in root.filters):
+    root.addFilter(_PathProbeFilter())
+
+
 def _resolve_file(path: str, search_paths: Sequence[str]) -> str:
   if os.path.isabs(path) or os.path.exists(path):
     return path
@@ -173,9 +190,12 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
   """
   if import_modules:
     import_configurables()
+  _quiet_gin_path_probes()
   paths = list(search_paths) + default_search_paths()
   for path in paths:
-    gin.add_config_file_search_path(path)
+    if path not in _ADDED_PATHS:  # gin keeps a global list; add each once.
+      gin.add_config_file_search_path(path)
+      _ADDED_PATHS.append(path)
   for f in gin_files:
     resolved = _resolve_file(f, paths)
     try:

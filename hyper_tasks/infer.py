@@ -68,4 +68,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)
   sys.exit(importlib.import_module("hyper_tasks.infer").main())

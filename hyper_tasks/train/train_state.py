@@ -39,7 +39,8 @@ class TrainState:
     step: int32 [], number of optimizer steps applied in this ``MODEL_DIR``.
     params: parameter tree (float32).
     opt_state: state of a ``GroupedOptimizer`` (per-group Adafactor statistics).
-    rng: uint32 [2], base dropout key; step ``s`` uses ``fold_in(rng, s)``.
+    rng: uint32 [2] (threefry; [4] for rbg), base dropout key; step ``s`` uses
+      ``fold_in(rng, s)``.
   """
   step: jax.Array
   params: PyTree
@@ -130,10 +131,11 @@ def make_layout(model, optimizer: optimizers.GroupedOptimizer, mesh: Mesh,
   replicated = NamedSharding(mesh, PartitionSpec())
   shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
                          rng=replicated)
+  # Raw key data: uint32[2] for threefry, [4] for rbg (jax_default_prng_impl).
+  rng_abs = jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0))[1])
   abstract = TrainState(
       step=jax.ShapeDtypeStruct((), jnp.int32),
-      params=params_abs, opt_state=opt_abs,
-      rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+      params=params_abs, opt_state=opt_abs, rng=rng_abs)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, shardings)

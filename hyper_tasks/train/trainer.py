@@ -262,7 +262,12 @@ def train(*,
       fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
                       compiler_options)
       state, batches, report = _starting_state(fns, seed, ckpt, initial_restore,
-                                               model_dir)
+                                               model_dir, mixture_or_task_name)
+
+      step = int(state.step)
+      if step >= num_steps:
+        logging.info("MODEL_DIR already at step %d >= num_steps=%d.", step, num_steps)
+        return TrainResult(state, [], report, False)
 
       shard_id, num_shards = partitioning.host_shard_info()
       local_batch = batch_size // num_shards
@@ -276,11 +281,6 @@ def train(*,
             shuffle=shuffle, seed=data_seed, shard_id=shard_id,
             num_shards=num_shards, pack=pack, start_batch=batches)
       data = iter(data)
-
-      step = int(state.step)
-      if step >= num_steps:
-        logging.info("MODEL_DIR already at step %d >= num_steps=%d.", step, num_steps)
-        return TrainResult(state, [], report, False)
 
       batch = partitioning.global_batch(next(data), mesh)
       shapes = jax.tree.map(lambda x: x.shape, batch)
@@ -316,8 +316,10 @@ def train(*,
         if eval_period and evaluation is not None and (step % eval_period == 0 or
                                                        done):
           _check_finite(*last, ckpt)
-          train_eval.run(evaluation, model, state.params, step, model_dir,
-                         sequence_lengths)
+          # The evaluator's batches need not divide the mesh: no activation rules.
+          with nn.logical_axis_rules(()):
+            train_eval.run(evaluation, model, state.params, step, model_dir,
+                           sequence_lengths)
           summaries.reset_clock()
         preempted = checkpoints.preemption_requested(
             sync_hosts=jax.process_count() > 1)
@@ -345,13 +347,17 @@ def _write_config(model_dir: str) -> None:
   gin_utils.write_operative_config(model_dir)
 
 
-def _starting_state(fns: _Compiled, seed, ckpt, initial, model_dir):
+def _starting_state(fns: _Compiled, seed, ckpt, initial, model_dir, dataset_name):
   """(state, batches consumed, restore report) by the restore precedence."""
   latest = ckpt.latest_step()
   if latest is not None:
     state, metadata = ckpt.restore(latest, target=fns.layout.abstract)
     position = metadata.get("data_position") or {}
     batches = int(position.get("batches", latest))
+    if position.get("dataset") not in (None, dataset_name):
+      logging.warning("Resuming a run that trained on %r with %r: the input position "
+                      "(%d batches) refers to the old dataset.",
+                      position.get("dataset"), dataset_name, batches)
     logging.info("Resuming from %s/%d (batches consumed: %d).", ckpt.directory,
                  latest, batches)
     return state, batches, None
