@@ -64,3 +64,19 @@ run_job() {
   echo "[hyper-tasks] ${cmd[*]}" >&2
   "${cmd[@]}"
 }
+
+# run_eval RUN_GIN DEFAULT_EXPERIMENT -- ARGS...: evaluate MODEL_DIR's checkpoints with
+# the training experiment (it defines MODEL) and RUN_GIN stacked after it. --dry_run
+# first trains one tiny step so there is a checkpoint to evaluate.
+run_eval() {
+  local run_gin="$1" experiment="${EXPERIMENT:-$2}"; shift 2
+  [ "${1:-}" = "--" ] && shift
+  _job_parse "$@"
+  if [ "$DRY_RUN" = 1 ]; then
+    : "${MODEL_DIR:=$(mktemp -d "${TMPDIR:-/tmp}/hyper_tasks_dry_run.XXXXXX")}"
+    export MODEL_DIR
+    run_job hyper_tasks.train "$experiment" -- --dry_run
+    set -- "$@" --gin.MAX_EXAMPLES=2
+  fi
+  run_job hyper_tasks.eval "$experiment" "$run_gin" -- "$@"
+}

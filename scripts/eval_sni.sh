@@ -5,13 +5,4 @@
 # Common: --gin.CHECKPOINT_STEP="'all'", --gin.EVAL_CONTROLS="['shuffle','empty']".
 set -euo pipefail
 source "$(dirname "$0")/_job.sh"
-experiment="${EXPERIMENT:-experiments/hint_finetune_sni.gin}"
-_job_parse "$@"
-if [ "$DRY_RUN" = 1 ]; then
-  # A one-step tiny training run gives the evaluation a checkpoint to load.
-  : "${MODEL_DIR:=$(mktemp -d "${TMPDIR:-/tmp}/hyper_tasks_dry_run.XXXXXX")}"
-  export MODEL_DIR
-  run_job hyper_tasks.train "$experiment" -- --dry_run
-  set -- "$@" --gin.MAX_EXAMPLES=2
-fi
-run_job hyper_tasks.eval "$experiment" runs/eval_sni.gin -- "$@"
+run_eval runs/eval_sni.gin experiments/hint_finetune_sni.gin -- "$@"
