@@ -67,7 +67,7 @@ run_job() {
 
 # run_eval RUN_GIN DEFAULT_EXPERIMENT -- ARGS...: evaluate MODEL_DIR's checkpoints with
 # the training experiment (it defines MODEL) and RUN_GIN stacked after it. --dry_run
-# first trains one tiny step so there is a checkpoint to evaluate.
+# first trains one tiny step when MODEL_DIR holds no checkpoint to evaluate.
 run_eval() {
   local run_gin="$1" experiment="${EXPERIMENT:-$2}"; shift 2
   [ "${1:-}" = "--" ] && shift
@@ -75,7 +75,9 @@ run_eval() {
   if [ "$DRY_RUN" = 1 ]; then
     : "${MODEL_DIR:=$(mktemp -d "${TMPDIR:-/tmp}/hyper_tasks_dry_run.XXXXXX")}"
     export MODEL_DIR
-    run_job hyper_tasks.train "$experiment" -- --dry_run
+    if [ ! -d "$MODEL_DIR/checkpoints" ]; then
+      run_job hyper_tasks.train "$experiment" -- --dry_run
+    fi
     set -- "$@" --gin.MAX_EXAMPLES=2
   fi
   run_job hyper_tasks.eval "$experiment" "$run_gin" -- "$@"

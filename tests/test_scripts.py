@@ -27,9 +27,20 @@ def _env(tmp_path):
   return env
 
 
+# An eval script's dry run evaluates the tiny checkpoint its training script's dry
+# run wrote (it would train one itself in an empty MODEL_DIR).
+_TRAINED_BY = {"eval_sni.sh": "finetune_sni.sh", "eval_t0.sh": "finetune_t0.sh"}
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+  return {s: tmp_path_factory.mktemp(s.replace(".", "_")) / "model"
+          for s in JOB_SCRIPTS}
+
+
 @pytest.mark.parametrize("script", JOB_SCRIPTS)
-def test_dry_run(script, tmp_path):
-  model_dir = tmp_path / "model"
+def test_dry_run(script, tmp_path, model_dirs):
+  model_dir = model_dirs[_TRAINED_BY.get(script, script)]
   env = _env(tmp_path)
   env["MODEL_DIR"] = str(model_dir)
   proc = subprocess.run(["bash", str(SCRIPTS / script), "--dry_run"], env=env,
@@ -40,6 +51,7 @@ def test_dry_run(script, tmp_path):
   assert (model_dir / "config.gin").is_file()
   if script.startswith("eval_"):
     assert (model_dir / "eval_results" / "step_1.json").is_file()
+    assert "-m hyper_tasks.train " not in proc.stderr  # reused the trained checkpoint
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path):
