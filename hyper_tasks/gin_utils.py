@@ -1,7 +1,7 @@
 """Gin flags shared by every entry point (t5x style).
 
   --gin_file=experiments/hint_finetune_sni.gin   (repeatable; relative to search paths)
-  --gin.MODEL_DIR="'/tmp/run'"                   (any binding; repeatable)
+  --gin.MODEL_DIR="'runs/my_run'"                   (any binding; repeatable)
   --gin_bindings="train.num_steps = 10"          (t5x spelling, repeatable)
   --gin_search_paths=/my/gin,/other              (comma-separated; default below)
 
