@@ -8,7 +8,9 @@ package ships (byte vocabulary, no download):
    ``targets``, the C4 recipe of the HINT paper).
 2. **Stage 2, multi-task finetuning** from the stage-1 checkpoint on the toy
    instruction tasks (list and word operations, several phrasings each) plus the
-   shipped SNI-format tasks. Three models see the *same instances*:
+   shipped SNI-format tasks. Three models train on the *same instances* (HINT and
+   the control in batches of ``GROUP_SIZE`` examples per instruction, so their
+   hypernetwork runs once per group):
      * ``hint``: instruction -> hypernetwork -> adapters + prefixes (+ fusion);
      * ``concat``: plain T5 with the instruction concatenated into the input
        (Tk-Instruct; restores the stage-1 backbone, its hypernetwork is dropped);
@@ -71,6 +73,8 @@ EVAL_SETS = (
      "rougeL"),
 )
 MODELS = ("hint", "concat", "no-instr")
+# Stage-2 examples per instruction in a batch (``train(instruction_group_size=)``).
+GROUP_SIZE = 4
 
 
 def backbone_config(size: str = "tiny", **overrides):
@@ -97,7 +101,7 @@ def register_data() -> None:
   """The embedded tasks plus the demo's two training mixtures (same instances)."""
   registry.register_embedded()
   for name, tasks in TRAIN_MIXTURES.values():
-    # Toy tasks hold ~7000 instances, the SNI-format ones 120: mix 80/20 so the
+    # Toy tasks hold 4500 instances, the SNI-format ones 160: mix 80/20 so the
     # small set is seen a few times, not hundreds.
     registry.add_mixture(name, ("demo", tasks), [(tasks[0], 0.8), (tasks[1], 0.2)])
 
@@ -144,7 +148,7 @@ def instance_flops(model: EncoderDecoderModel, params, kind: str,
 
 def _train(kind: str, model, model_dir: str, mixture: str, steps: int,
            batch_size: int, lengths, restore: Optional[initial_restore.InitialRestore],
-           lr: float, log_every: int, compiler_options=None):
+           lr: float, log_every: int, compiler_options=None, group_size: int = 1):
   print(f"\n== {kind}: training {steps} steps on {mixture} -> {model_dir}", flush=True)
   optimizer = optimizers.adafactor_dual(backbone_lr=lr, hypernet_lr=lr)
   result = trainer.train(
@@ -152,13 +156,14 @@ def _train(kind: str, model, model_dir: str, mixture: str, steps: int,
       num_steps=steps, batch_size=batch_size, sequence_lengths=lengths,
       optimizer=optimizer, initial_restore=restore,
       checkpoint_period=max(steps, 1), keep_checkpoints=1, summary_period=log_every,
-      async_checkpoints=False, progress=True, compiler_options=compiler_options)
+      async_checkpoints=False, progress=True, compiler_options=compiler_options,
+      instruction_group_size=group_size)
   losses = [h["loss"] for h in result.history if "loss" in h]
   return result.state.params, losses
 
 
-def run(out_dir: str, pretrain_steps: int = 100, finetune_steps: int = 400,
-        batch_size: int = 24, lr: float = 3e-3, log_every: int = 100,
+def run(out_dir: str, pretrain_steps: int = 100, finetune_steps: int = 600,
+        batch_size: int = 24, lr: float = 1e-2, log_every: int = 100,
         models: Sequence[str] = MODELS, size_overrides: Optional[dict] = None,
         progress: bool = False, max_eval_examples: Optional[int] = None,
         compiler_options: Optional[dict] = None) -> dict[str, Any]:
@@ -187,9 +192,12 @@ def run(out_dir: str, pretrain_steps: int = 100, finetune_steps: int = 400,
         optimizer_state="full_restore" if kind != "concat" else "fresh")
     model_dir = os.path.join(out_dir, f"stage2_{kind}")
     mixture = TRAIN_MIXTURES[_fmt(kind)][0]
+    # HINT and the control read instructions: batches of GROUP_SIZE examples per
+    # instruction, so the hypernetwork runs batch_size / GROUP_SIZE times a step.
+    group = GROUP_SIZE if kind != "concat" and batch_size % GROUP_SIZE == 0 else 1
     params, losses = _train(kind, model, model_dir, mixture, finetune_steps,
                             batch_size, _lengths(kind), restore, lr, log_every,
-                            compiler_options)
+                            compiler_options, group)
     # One report per evaluation set: records carry their operation as task name,
     # so a merged report would mix seen and held-out phrasings of one operation.
     row = {"model": kind, "train loss": (losses[0], losses[-1]) if losses else None}
@@ -281,9 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--out_dir", default=os.path.join("runs", "demo"))
   parser.add_argument("--pretrain_steps", type=int, default=100)
-  parser.add_argument("--finetune_steps", type=int, default=400)
+  parser.add_argument("--finetune_steps", type=int, default=600)
   parser.add_argument("--batch_size", type=int, default=24)
-  parser.add_argument("--lr", type=float, default=3e-3)
+  parser.add_argument("--lr", type=float, default=1e-2)
   parser.add_argument("--log_every", type=int, default=100)
   parser.add_argument("--models", default=",".join(MODELS),
                       help="comma-separated subset of " + ",".join(MODELS))

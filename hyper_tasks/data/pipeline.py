@@ -20,6 +20,7 @@ first.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -97,6 +98,50 @@ def _task_dataset(provider: Provider, split: str,
   return provider.get_dataset(**kwargs)
 
 
+def _check_group_size(group: int, batch_size: int, pack: bool) -> int:
+  group = int(group)
+  if group < 1 or batch_size % group:
+    raise ValueError(f"instruction_group_size={group} must be >= 1 and divide "
+                     f"batch_size={batch_size}.")
+  if group > 1 and pack:
+    raise ValueError("instruction_group_size > 1 cannot be combined with packing "
+                     "(packed rows mix instructions).")
+  return group
+
+
+def group_instructions(ds: tf.data.Dataset, group_size: int,
+                       hyper_length: int) -> tf.data.Dataset:
+  """Reorders a stream so every ``group_size`` consecutive examples share an
+  instruction (their ``hyper_inputs`` truncated to ``hyper_length`` tokens).
+
+  Examples wait in a per-instruction window until ``group_size`` of them have
+  arrived, so the order stays shuffled across instructions and deterministic.
+  A finite stream ends with the partial windows flushed (smaller groups); batches
+  that straddle them fail :func:`dedupe_instructions`' check.
+  """
+  def key(ex):
+    tokens = ex[F.HYPER_INPUTS][:hyper_length]
+    text = tf.strings.reduce_join(tf.strings.as_string(tokens), separator=" ")
+    return tf.strings.to_hash_bucket_fast(text, 2 ** 62)
+
+  return ds.group_by_window(key_func=key, reduce_func=lambda _, window: window,
+                            window_size=group_size)
+
+
+def dedupe_instructions(batch: dict, group_size: int) -> dict:
+  """``hyper_encoder_input_tokens`` ``[B, Lh]`` -> ``[B / g, Lh]``, one row per
+  group of ``g`` consecutive examples (the layout ``Transformer`` expands with
+  ``Adaptation.repeat``). Fails if a group holds different instructions."""
+  tokens = batch[F.HYPER_ENCODER_INPUT_TOKENS]
+  groups = tf.reshape(tokens, [-1, group_size, tf.shape(tokens)[-1]])
+  tf.debugging.assert_equal(
+      groups, tf.broadcast_to(groups[:, :1], tf.shape(groups)),
+      message=f"instruction_group_size={group_size}: a group of consecutive "
+              "examples holds different instructions (a partial group at the end "
+              "of a finite dataset?)")
+  return {**batch, F.HYPER_ENCODER_INPUT_TOKENS: groups[:, 0]}
+
+
 def get_tf_dataset(
     name: str,
     split: Optional[str] = None,
@@ -109,15 +154,19 @@ def get_tf_dataset(
     num_shards: int = 1,
     pack: bool = False,
     drop_remainder: bool = True,
+    instruction_group_size: int = 1,
 ) -> tuple[tf.data.Dataset, converters.TruncationCounter]:
   """``get_dataset`` as a batched ``tf.data.Dataset`` and its truncation counter."""
   lengths = _check_lengths(sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
+  group = _check_group_size(instruction_group_size, batch_size, pack)
   provider = get_provider(name)
   split = _resolve_split(name, split)
   shard_info = (seqio.ShardInfo(index=shard_id, num_shards=num_shards)
                 if num_shards > 1 else None)
   ds = _task_dataset(provider, split, lengths, shuffle=shuffle, seed=seed,
                      num_epochs=num_epochs, shard_info=shard_info)
+  if group > 1:
+    ds = group_instructions(ds, group, lengths[F.HYPER_INPUTS])
   converter = converters.HyperEncDecFeatureConverter(pack=pack)
   if pack:
     ds = converter(ds, lengths)
@@ -125,6 +174,9 @@ def get_tf_dataset(
   else:
     # Same batches as converting example by example, several times faster.
     ds = converter.convert_batched(ds, lengths, batch_size, drop_remainder)
+  if group > 1:
+    ds = ds.map(functools.partial(dedupe_instructions, group_size=group),
+                num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -191,6 +243,7 @@ def get_dataset(
     pack: bool = False,
     drop_remainder: bool = True,
     start_batch: int = 0,
+    instruction_group_size: int = 1,
 ) -> BatchIterator:
   """Batches of model features for a registered task or mixture.
 
@@ -208,6 +261,11 @@ def get_dataset(
     pack: pack examples (baselines; see converters.py).
     drop_remainder: drop a final partial batch.
     start_batch: skip this many batches first (resuming).
+    instruction_group_size: ``g > 1`` groups every ``g`` consecutive examples by
+      instruction and sends each group's instruction once:
+      ``hyper_encoder_input_tokens`` is ``[B / g, Lh]``, and the model encodes
+      ``B / g`` instructions per batch instead of ``B`` (HINT training with long
+      instructions; see ``Transformer.__call__``). Not with packing.
 
   Returns:
     An iterator of ``{"hyper_encoder_input_tokens": [B, Lh], "encoder_input_tokens":
@@ -217,7 +275,7 @@ def get_dataset(
   """
   ds, truncation = get_tf_dataset(
       name, split, sequence_lengths, batch_size, shuffle, seed, num_epochs,
-      shard_id, num_shards, pack, drop_remainder)
+      shard_id, num_shards, pack, drop_remainder, instruction_group_size)
   if start_batch:
     ds = ds.skip(start_batch)
   return BatchIterator(ds, truncation, name)

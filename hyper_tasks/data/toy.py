@@ -2,18 +2,28 @@
 
 The embedded default's data, sized for the CPU demo: a tiny byte-level T5 must
 learn them in minutes, so inputs are at most 13 bytes (3-7 digits, or a 3-7 letter
-word), targets at most 14 bytes, instructions one short sentence.
+word), targets at most 13 bytes, instructions one short sentence. The operations
+are mostly "find" operations (largest, first, how many...) that a tiny model learns
+in a few hundred steps; copy-heavy ones (reverse, uppercase a word) take thousands
+of steps at this size and would only add noise to the demo's table.
 
 The instruction is necessary: all list operations read the same kind of input
 ("3 1 4 1 5"), all word operations the same kind of word, and map it to different
-targets (reverse -> "5 1 4 1 3", max -> "5", length -> "5"...). Only the
+targets (max -> "5", first -> "3", length -> "5", sort -> "1 1 3 4 5"). Only the
 instruction tells them apart.
 
-Each operation has 3-4 seen phrasings and one held-out phrasing. Three operations
-are held out entirely; their phrasings reuse the words of seen ones ("sort ... from
-largest to smallest", "first letter ... in uppercase", "reverse ... in capital
-letters"), so they test composition, and will be hard. Held-out phrasings of seen
-operations are the main zero-shot test.
+Instructions are a *core* (the part that names the operation: "find the maximum of
+the list") inside a *frame* ("Please {}.", "Task: {}."), so each seen operation is
+trained with 30 different sentences (5 cores x 6 frames) and the hypernetwork has to
+read the words that matter rather than memorise sentences. Zero-shot tests:
+
+  * held-out phrasings of seen operations: 2 cores per operation never seen in
+    training ("return the maximum digit"), in every frame, three of them unseen.
+    They reuse a content word of the seen cores ("maximum"), never a whole
+    sentence. This is the demo's headline column.
+  * held-out operations: a concept seen on one input kind asked of the other
+    ("give the last number" is trained only as "give the last letter of the word";
+    "give the length of the word" only as "... of the list"). Harder.
 
 Registered names (``<format>`` is empty, ``concat_`` or ``noinstr_``):
 
@@ -27,7 +37,8 @@ Formats: HINT (instruction in ``hyper_inputs``, instance in ``inputs``); ``conca
 empty); ``noinstr`` (control: instance only, ``hyper_inputs`` empty). All three use
 the same instances. Each task has ``train``, ``validation`` and ``test`` splits,
 independent samples of the same distribution. ``task_names`` is the operation,
-``category`` its input kind, ``template`` ``"<operation>/<phrasing index>"``.
+``category`` its input kind, ``template`` ``"<operation>/<phrasing index>"`` (an
+index into ``Operation.phrasings``).
 """
 from __future__ import annotations
 
@@ -47,28 +58,49 @@ WORD = "word"
 FORMATS = ("", "concat", "noinstr")
 SUBSETS = ("train", "test_seen", "test_heldout_phrasing", "test_heldout_op")
 SPLITS = ("train", "validation", "test")
+TEST_PHRASINGS_PER_OP = 10
+
+# "{c}" is the core as written, "{C}" the core with a capital first letter.
+SEEN_FRAMES = ("{C}.", "Please {c}.", "Task: {c}.", "{C}, please.",
+               "Your job is to {c}.", "Read the input and {c}.")
+HELDOUT_FRAMES = ("Now {c}.", "Instruction: {c}.", "You must {c}.")
+FRAMES = SEEN_FRAMES + HELDOUT_FRAMES
+
+
+def frame(template: str, core: str) -> str:
+  return template.format(c=core, C=core[0].upper() + core[1:])
 
 
 @dataclasses.dataclass(frozen=True)
 class Operation:
-  """One toy operation: its input kind, function, and phrasings.
+  """One toy operation: its input kind, function, and instruction cores.
 
-  ``phrasings[-1]`` is the held-out phrasing of a seen operation; every phrasing
-  of a held-out operation is unseen.
+  A seen operation trains on ``cores`` x ``SEEN_FRAMES``; its held-out phrasings
+  are ``heldout_cores`` x ``FRAMES``. Every phrasing of a held-out operation
+  (``cores`` x ``FRAMES``) is unseen.
   """
   name: str
   kind: str
   fn: Callable[[str], str]
-  phrasings: tuple[str, ...]
+  cores: tuple[str, ...]
+  heldout_cores: tuple[str, ...] = ()
   heldout: bool = False
 
   @property
   def seen_phrasings(self) -> tuple[str, ...]:
-    return () if self.heldout else self.phrasings[:-1]
+    if self.heldout:
+      return ()
+    return tuple(frame(f, c) for c in self.cores for f in SEEN_FRAMES)
 
   @property
   def heldout_phrasings(self) -> tuple[str, ...]:
-    return self.phrasings if self.heldout else self.phrasings[-1:]
+    cores = self.cores if self.heldout else self.heldout_cores
+    return tuple(frame(f, c) for c in cores for f in FRAMES)
+
+  @property
+  def phrasings(self) -> tuple[str, ...]:
+    """Seen then held-out phrasings; templates index into this."""
+    return self.seen_phrasings + self.heldout_phrasings
 
 
 def _digits(x: str) -> list[int]:
@@ -79,104 +111,93 @@ def _join(ds) -> str:
   return " ".join(str(d) for d in ds)
 
 
-def _dedupe(x: str) -> str:
-  seen, out = set(), []
-  for d in _digits(x):
-    if d not in seen:
-      seen.add(d)
-      out.append(d)
-  return _join(out)
-
+_VOWELS = "aeiou"
+_CONSONANTS = "bcdfghjklmnprstvwz"
 
 OPERATIONS = (
-    Operation("list_reverse", LIST, lambda x: _join(_digits(x)[::-1]), (
-        "Reverse the list.",
-        "Write the numbers in reverse order.",
-        "List the digits from last to first.",
-        "Flip the order of the numbers.",
-        "Give the list backwards.")),
-    Operation("list_sort", LIST, lambda x: _join(sorted(_digits(x))), (
-        "Sort the numbers from smallest to largest.",
-        "Put the digits in increasing order.",
-        "Arrange the list in ascending order.",
-        "Order the numbers, lowest first.")),
-    Operation("list_first", LIST, lambda x: x.split()[0], (
-        "What is the first number?",
-        "Give the first digit of the list.",
-        "Output the number at the start.",
-        "Which number comes first?")),
-    Operation("list_last", LIST, lambda x: x.split()[-1], (
-        "What is the last number?",
-        "Give the last digit of the list.",
-        "Output the number at the end.",
-        "Which number comes last?")),
-    Operation("list_length", LIST, lambda x: str(len(x.split())), (
-        "How many numbers are in the list?",
-        "Count the digits.",
-        "Give the length of the list.",
-        "Tell me how many numbers there are.")),
-    Operation("list_sum_mod_10", LIST, lambda x: str(sum(_digits(x)) % 10), (
-        "Add the numbers and give the last digit of the sum.",
-        "What is the sum modulo 10?",
-        "Give the sum of the digits mod 10.",
-        "Sum the list and keep only the ones digit.")),
     Operation("list_max", LIST, lambda x: str(max(_digits(x))), (
-        "What is the largest number?",
-        "Give the biggest digit.",
-        "Find the maximum of the list.",
-        "Which number is the highest?")),
+        "give the largest number",
+        "find the maximum of the list",
+        "write the biggest digit",
+        "output the highest number",
+        "pick the largest digit in the list",
+    ), ("return the maximum digit", "tell me the biggest number")),
     Operation("list_min", LIST, lambda x: str(min(_digits(x))), (
-        "What is the smallest number?",
-        "Give the lowest digit.",
-        "Find the minimum of the list.",
-        "Which number is the least?")),
-    Operation("list_dedupe", LIST, _dedupe, (
-        "Remove the duplicate numbers.",
-        "Keep only the first copy of each digit.",
-        "Delete repeated numbers from the list.",
-        "Write the list without repeats.")),
-    Operation("word_upper", WORD, str.upper, (
-        "Write the word in uppercase.",
-        "Convert the word to capital letters.",
-        "Make every letter uppercase.",
-        "Capitalize all the letters.")),
-    Operation("word_reverse", WORD, lambda w: w[::-1], (
-        "Reverse the word.",
-        "Spell the word backwards.",
-        "Write the letters in reverse order.",
-        "Give the word from its last letter to its first.")),
+        "give the smallest number",
+        "find the minimum of the list",
+        "write the lowest digit",
+        "output the least number",
+        "pick the smallest digit in the list",
+    ), ("return the minimum digit", "tell me the lowest number")),
+    Operation("list_first", LIST, lambda x: x.split()[0], (
+        "give the first number",
+        "write the number at the start of the list",
+        "output the first digit",
+        "copy the first number of the list",
+        "pick the digit that comes first",
+    ), ("return the first digit", "tell me which number is at the start")),
+    Operation("list_length", LIST, lambda x: str(len(x.split())), (
+        "count the numbers",
+        "give the length of the list",
+        "say how many digits there are",
+        "write the number of items in the list",
+        "count how many numbers the list has",
+    ), ("return the length of the list", "tell me how many numbers there are")),
+    Operation("list_sort", LIST, lambda x: _join(sorted(_digits(x))), (
+        "sort the numbers",
+        "write the digits in increasing order",
+        "sort the list",
+        "arrange the numbers in ascending order",
+        "put the digits in sorted order",
+    ), ("return the list sorted", "tell me the numbers in ascending order")),
     Operation("word_first_letter", WORD, lambda w: w[0], (
-        "What is the first letter of the word?",
-        "Give the letter at the start of the word.",
-        "Output the first letter.",
-        "Which letter does the word begin with?")),
+        "give the first letter of the word",
+        "write the letter at the start of the word",
+        "output the first letter",
+        "copy the first letter of the word",
+        "pick the letter that comes first",
+    ), ("return the first letter", "tell me which letter is at the start")),
     Operation("word_last_letter", WORD, lambda w: w[-1], (
-        "What is the last letter of the word?",
-        "Give the letter at the end of the word.",
-        "Output the last letter.",
-        "Which letter does the word end with?")),
-    Operation("word_double", WORD, lambda w: w + w, (
-        "Write the word twice.",
-        "Repeat the word two times.",
-        "Double the word.",
-        "Say the word and then say it again.")),
-    # Held-out operations: composed from the vocabulary of seen ones.
-    Operation("list_sort_desc", LIST,
-              lambda x: _join(sorted(_digits(x), reverse=True)), (
-                  "Sort the numbers from largest to smallest.",
-                  "Put the digits in decreasing order.",
-                  "Arrange the list in descending order."), heldout=True),
+        "give the last letter of the word",
+        "write the letter at the end of the word",
+        "output the last letter",
+        "copy the last letter of the word",
+        "pick the letter that comes last",
+    ), ("return the last letter", "tell me which letter is at the end")),
+    Operation("word_count_vowels", WORD,
+              lambda w: str(sum(ch in _VOWELS for ch in w)), (
+                  "count the vowels",
+                  "say how many vowels the word has",
+                  "give the number of vowels",
+                  "write how many vowels there are",
+                  "count the vowels in the word",
+              ), ("return the number of vowels",
+                  "tell me how many vowels there are")),
     Operation("word_first_letter_upper", WORD, lambda w: w[0].upper(), (
-        "Give the first letter of the word in uppercase.",
-        "Write the first letter as a capital letter."), heldout=True),
-    Operation("word_reverse_upper", WORD, lambda w: w[::-1].upper(), (
-        "Reverse the word and write it in uppercase.",
-        "Spell the word backwards in capital letters."), heldout=True),
+        "give the first letter in uppercase",
+        "write the first letter as a capital",
+        "output the first letter in capitals",
+        "capitalize the first letter and give it",
+        "copy the first letter as an uppercase letter",
+    ), ("return the first letter in capitals",
+        "tell me the first letter as an uppercase letter")),
+    # Held-out operations: a concept trained on the other input kind.
+    Operation("list_last", LIST, lambda x: x.split()[-1], (
+        "give the last number",
+        "write the number at the end of the list",
+        "output the last digit",
+        "return the last digit",
+        "tell me which number is at the end",
+    ), heldout=True),
+    Operation("word_length", WORD, lambda w: str(len(w)), (
+        "count the letters",
+        "give the length of the word",
+        "say how many letters there are",
+        "return the length of the word",
+        "tell me how many letters the word has",
+    ), heldout=True),
 )
 OPERATIONS_BY_NAME = {op.name: op for op in OPERATIONS}
-
-_CONSONANTS = "bcdfghjklmnprstvwz"
-_VOWELS = "aeiou"
 
 
 def random_input(kind: str, rng: random.Random) -> str:
@@ -184,7 +205,8 @@ def random_input(kind: str, rng: random.Random) -> str:
   if kind == LIST:
     return _join(rng.randrange(10) for _ in range(rng.randint(3, 7)))
   length = rng.randint(3, 7)
-  letters = [rng.choice(_CONSONANTS if i % 2 == 0 else _VOWELS)
+  start = rng.randrange(2)  # words start with a consonant or a vowel
+  letters = [rng.choice(_CONSONANTS if (i + start) % 2 == 0 else _VOWELS)
              for i in range(length)]
   return "".join(letters)
 
@@ -194,37 +216,36 @@ def _seed(*parts) -> int:
 
 
 def instances(subset: str, split: str, *, num_per_op: int = 500,
-              num_per_phrasing: int = 20, seed: int = 0) -> list[dict]:
+              num_test_per_op: int = 40, seed: int = 0) -> list[dict]:
   """Deterministic ``(op, phrasing index, input, target)`` instances.
 
-  ``train`` subsets draw ``num_per_op`` instances per operation (phrasings
-  cycled); test subsets ``num_per_phrasing`` per (operation, phrasing).
+  ``train`` draws ``num_per_op`` instances per operation, cycling through all its
+  seen phrasings; test subsets draw ``num_test_per_op`` per operation, cycling
+  through a sample of ``TEST_PHRASINGS_PER_OP`` of the subset's phrasings.
   """
   if subset not in SUBSETS:
     raise ValueError(f"Unknown toy subset {subset!r}; choose from {SUBSETS}.")
   rng = random.Random(_seed("toy", subset, split, seed))
   out = []
   for op in OPERATIONS:
+    if (subset == "test_heldout_op") != op.heldout:
+      continue
+    num_seen = len(op.seen_phrasings)
     if subset in ("train", "test_seen"):
-      if op.heldout:
-        continue
-      phrasings = list(enumerate(op.seen_phrasings))
-    elif subset == "test_heldout_phrasing":
-      if op.heldout:
-        continue
-      phrasings = [(len(op.phrasings) - 1, op.phrasings[-1])]
+      indices = list(range(num_seen))
     else:
-      if not op.heldout:
-        continue
-      phrasings = list(enumerate(op.phrasings))
-    if subset == "train":
-      slots = [phrasings[i % len(phrasings)] for i in range(num_per_op)]
-    else:
-      slots = [p for p in phrasings for _ in range(num_per_phrasing)]
-    for index, phrasing in slots:
+      indices = list(range(num_seen, len(op.phrasings)))
+    rng.shuffle(indices)
+    if subset != "train":
+      # A sample of phrasings, several instances each: per-template statistics
+      # mean something and an evaluation encodes fewer distinct instructions.
+      indices = indices[:TEST_PHRASINGS_PER_OP]
+    count = num_per_op if subset == "train" else num_test_per_op
+    for i in range(count):
+      index = indices[i % len(indices)]
       x = random_input(op.kind, rng)
-      out.append(dict(op=op, phrasing_index=index, phrasing=phrasing, input=x,
-                      target=op.fn(x)))
+      out.append(dict(op=op, phrasing_index=index, phrasing=op.phrasings[index],
+                      input=x, target=op.fn(x)))
   return out
 
 
@@ -247,13 +268,13 @@ def format_instance(instance: dict, fmt: str, example_id: str) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def records(fmt: str, subset: str, split: str, num_per_op: int = 500,
-            num_per_phrasing: int = 20, seed: int = 0) -> tuple[dict, ...]:
+            num_test_per_op: int = 40, seed: int = 0) -> tuple[dict, ...]:
   """All records of one toy task and split (cached; a few thousand)."""
   return tuple(
       format_instance(inst, fmt, f"toy-{subset}-{split}-{i}")
       for i, inst in enumerate(instances(
           subset, split, num_per_op=num_per_op,
-          num_per_phrasing=num_per_phrasing, seed=seed)))
+          num_test_per_op=num_test_per_op, seed=seed)))
 
 
 def task_name(fmt: str, subset: str) -> str:
@@ -261,7 +282,7 @@ def task_name(fmt: str, subset: str) -> str:
 
 
 def register_toy(vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
-                 num_per_op: int = 500, num_per_phrasing: int = 20,
+                 num_per_op: int = 500, num_test_per_op: int = 40,
                  seed: int = 0) -> list[str]:
   """Registers every toy task (see the module docstring); returns the names."""
   vocabulary = vocab_lib.get_vocabulary(vocabulary)
@@ -269,11 +290,11 @@ def register_toy(vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
   for fmt in FORMATS:
     for subset in SUBSETS:
       name = task_name(fmt, subset)
-      key = ("toy", fmt, subset, num_per_op, num_per_phrasing, seed,
+      key = ("toy", fmt, subset, num_per_op, num_test_per_op, seed,
              vocab_lib.vocabulary_key(vocabulary))
       fn = sources.records_fn(functools.partial(
           _split_records, fmt, subset, num_per_op=num_per_op,
-          num_per_phrasing=num_per_phrasing, seed=seed))
+          num_test_per_op=num_test_per_op, seed=seed))
       registry.add_task(name, key, functools.partial(
           sources.text_task_kwargs, sources.RecordsSource(fn, SPLITS),
           vocabulary))
@@ -282,20 +303,21 @@ def register_toy(vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
 
 
 def _split_records(fmt: str, subset: str, split: str, *, num_per_op: int,
-                   num_per_phrasing: int, seed: int) -> tuple[dict, ...]:
-  return records(fmt, subset, split, num_per_op, num_per_phrasing, seed)
+                   num_test_per_op: int, seed: int) -> tuple[dict, ...]:
+  return records(fmt, subset, split, num_per_op, num_test_per_op, seed)
 
 
 def describe(op_name: Optional[str] = None) -> str:
-  """Human-readable list of operations and phrasings (CLI, notebooks)."""
-  lines = []
+  """Human-readable list of operations and their cores (CLI, notebooks)."""
+  lines = [f"frames (seen): {' | '.join(SEEN_FRAMES)}",
+           f"frames (held out): {' | '.join(HELDOUT_FRAMES)}"]
   for op in OPERATIONS:
     if op_name and op.name != op_name:
       continue
     tag = "held-out op" if op.heldout else "seen op"
     lines.append(f"{op.name} ({op.kind}, {tag})")
-    for p in op.seen_phrasings:
-      lines.append(f"    seen:     {p}")
-    for p in op.heldout_phrasings:
-      lines.append(f"    held out: {p}")
+    for c in ((), op.cores)[not op.heldout]:
+      lines.append(f"    seen:     {c}")
+    for c in op.cores if op.heldout else op.heldout_cores:
+      lines.append(f"    held out: {c}")
   return "\n".join(lines)

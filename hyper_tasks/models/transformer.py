@@ -35,6 +35,24 @@ def lora_scales(spec: PeftSpec) -> Optional[dict]:
   return {t: spec.lora.scale(r) for t, r in spec.lora.ranks}
 
 
+def expand_groups(adaptation: Optional[Adaptation], batch: int
+                  ) -> Optional[Adaptation]:
+  """A batched adaptation of ``n`` rows for ``batch`` examples: row ``i`` serves
+  examples ``i * g .. i * g + g - 1`` (``g = batch / n``)."""
+  if adaptation is None or not adaptation.batched:
+    return adaptation
+  leaves = jax.tree.leaves(adaptation)
+  if not leaves:
+    return adaptation
+  n = leaves[0].shape[0]
+  if n == batch:
+    return adaptation
+  if batch % n:
+    raise ValueError(f"An adaptation (or instruction batch) of {n} rows cannot "
+                     f"serve {batch} examples: the batch must be a multiple of it.")
+  return adaptation.repeat(batch // n)
+
+
 class Transformer(nn.Module):
   """T5 encoder-decoder with hook points for generated or learned adaptations.
 
@@ -183,9 +201,17 @@ class Transformer(nn.Module):
                enable_dropout=False, encoder_segment_ids=None,
                decoder_segment_ids=None, encoder_positions=None,
                decoder_positions=None):
-    """Teacher-forced logits ``[B, Lt, vocab]``."""
+    """Teacher-forced logits ``[B, Lt, vocab]``.
+
+    ``hyper_encoder_input_tokens`` is ``[B, Lh]`` (an instruction per example) or
+    ``[B / g, Lh]``: one instruction per group of ``g`` consecutive examples
+    (``pipeline.get_dataset(instruction_group_size=g)``), encoded once and repeated,
+    so the hypernetwork runs ``B / g`` times per batch. Likewise a batched
+    ``adaptation`` of ``B / g`` rows.
+    """
     adaptation = self.resolve_adaptation(hyper_encoder_input_tokens, adaptation,
                                          enable_dropout)
+    adaptation = expand_groups(adaptation, encoder_input_tokens.shape[0])
     encoded, mask = self.encode(encoder_input_tokens, adaptation,
                                 encoder_segment_ids, encoder_positions, enable_dropout)
     return self.decode(encoded, mask, decoder_input_tokens, adaptation,

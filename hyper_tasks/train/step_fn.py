@@ -46,14 +46,26 @@ def loss_weights(batch: Batch) -> jax.Array:
 
 
 def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
-  """``[B, ...]`` -> ``[M, B / M, ...]``; microbatch i holds rows i, i + M, ..."""
+  """``[B, ...]`` -> ``[M, B / M, ...]``; microbatch i holds rows i, i + M, ...
+
+  With grouped instructions (``hyper_encoder_input_tokens`` ``[B / g, Lh]``, row
+  ``j`` for examples ``j * g .. j * g + g - 1``) whole groups are dealt out
+  instead: microbatch i holds groups i, i + M, ... with their ``g`` examples, so
+  the same layout holds inside every microbatch.
+  """
+  m = num_microbatches
+  hyper = batch.get("hyper_encoder_input_tokens")
+  groups = None if hyper is None else hyper.shape[0]
+
   def one(x):
     b = x.shape[0]
-    if b % num_microbatches:
-      raise ValueError(f"Batch size {b} is not divisible by num_microbatches="
-                       f"{num_microbatches}.")
-    x = x.reshape((b // num_microbatches, num_microbatches) + x.shape[1:])
-    return jnp.swapaxes(x, 0, 1)
+    n = b if groups is None else groups
+    if n % m or b % n:
+      raise ValueError(f"Batch of {b} rows ({n} instruction groups) is not "
+                       f"divisible by num_microbatches={m}.")
+    g = b // n
+    x = x.reshape((n // m, m, g) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape((m, b // m) + x.shape[3:])
   return {k: one(v) for k, v in batch.items()}
 
 

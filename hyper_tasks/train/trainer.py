@@ -191,7 +191,8 @@ def train(*,
           progress: bool = True,
           hooks: Sequence[Hook] = (),
           dataset_fn: Optional[Callable[..., Any]] = None,
-          compiler_options: Optional[Mapping[str, Any]] = None) -> TrainResult:
+          compiler_options: Optional[Mapping[str, Any]] = None,
+          instruction_group_size: int = 1) -> TrainResult:
   """Trains ``model`` on a seqio task or mixture (see the module docstring).
 
   Args:
@@ -229,6 +230,11 @@ def train(*,
       pipeline.
     compiler_options: XLA options for the train step, e.g.
       ``{"xla_backend_optimization_level": 0}`` to compile tiny CPU runs faster.
+    instruction_group_size: ``g > 1`` batches ``g`` examples of one instruction
+      together and runs the hypernetwork once per group (``B / g`` instruction
+      encodings per step instead of ``B``; see ``pipeline.get_dataset``). The
+      number of groups must divide by the data-parallel size and
+      ``num_microbatches``.
 
   Returns:
     ``TrainResult(state, history, restore_report, preempted)``.
@@ -249,6 +255,19 @@ def train(*,
   if num_microbatches < 1 or batch_size % num_microbatches:
     raise ValueError(f"batch_size={batch_size} is not divisible by "
                      f"num_microbatches={num_microbatches}.")
+  group = int(instruction_group_size)
+  if group > 1:
+    groups = batch_size // group if batch_size % group == 0 else None
+    if (groups is None or groups % data_size or groups % num_microbatches
+        or groups % jax.process_count()):
+      raise ValueError(
+          f"instruction_group_size={group}: batch_size={batch_size} must hold a "
+          f"whole number of groups, divisible by the data-parallel size "
+          f"{data_size}, num_microbatches={num_microbatches} and the number of "
+          f"processes {jax.process_count()}.")
+    if dataset_fn is not None:
+      raise ValueError("instruction_group_size applies to the seqio pipeline; a "
+                       "dataset_fn must group (and dedupe) instructions itself.")
 
   in_main_thread = threading.current_thread() is threading.main_thread()
   checkpoints.clear_preemption()
@@ -279,7 +298,8 @@ def train(*,
         data = pipeline.get_dataset(
             mixture_or_task_name, split, sequence_lengths, local_batch,
             shuffle=shuffle, seed=data_seed, shard_id=shard_id,
-            num_shards=num_shards, pack=pack, start_batch=batches)
+            num_shards=num_shards, pack=pack, start_batch=batches,
+            instruction_group_size=group)
       data = iter(data)
 
       batch = partitioning.global_batch(next(data), mesh)

@@ -79,13 +79,59 @@ def test_truncation_stats_after_a_finite_pass(toy_registered):
 def test_load_examples_and_lookups(toy_registered):
   assert pipeline.splits("toy_train") == ("train", "validation", "test")
   some = pipeline.load_examples("toy_train", "train", max_examples=3)
-  assert len(some) == 3 and some[0][F.TASK_NAMES] == "list_reverse"
+  assert len(some) == 3 and some[0][F.TASK_NAMES] == "list_max"
   assert set(some[0]) == set(F.RECORD_KEYS)
   assert "toy_train" in pipeline.list_names("toy_*")["tasks"]
   with pytest.raises(KeyError, match="No seqio task or mixture named"):
     pipeline.get_provider("toy_nonexistent")
   with pytest.raises(ValueError, match="missing"):
     pipeline.get_dataset("toy_train", "train", {F.INPUTS: 8})
+
+
+def _decode(tokens):
+  return bytes(int(t) - 3 for t in tokens if t > 2).decode()
+
+
+def test_instruction_groups_share_one_instruction_row(toy_registered):
+  by_phrasing = {p: op for op in toy.OPERATIONS for p in op.phrasings}
+  lengths = {**LENGTHS, F.HYPER_INPUTS: 80}  # whole toy instructions
+  it = pipeline.get_dataset("toy_train", "train", lengths, batch_size=8, seed=1,
+                            instruction_group_size=4)
+  ops_seen = set()
+  for _ in range(5):
+    batch = next(it)
+    hyper = batch[F.HYPER_ENCODER_INPUT_TOKENS]
+    assert hyper.shape == (2, 80)
+    assert batch[F.ENCODER_INPUT_TOKENS].shape[0] == 8
+    for row in range(8):
+      # Example ``row`` belongs to group ``row // 4``: its target is that
+      # instruction's operation applied to its input.
+      op = by_phrasing[_decode(hyper[row // 4])]
+      ops_seen.add(op.name)
+      x = _decode(batch[F.ENCODER_INPUT_TOKENS][row])
+      y = _decode(batch[F.DECODER_TARGET_TOKENS][row])
+      assert op.fn(x) == y, (op.name, x, y)
+  assert len(ops_seen) > 3  # groups of different instructions, still shuffled
+  # Deterministic, and resumable with start_batch.
+  again = pipeline.get_dataset("toy_train", "train", lengths, batch_size=8,
+                               seed=1, instruction_group_size=4, start_batch=4)
+  np.testing.assert_array_equal(next(again)[F.HYPER_ENCODER_INPUT_TOKENS], hyper)
+
+
+def test_instruction_group_errors(toy_registered):
+  with pytest.raises(ValueError, match="must be >= 1 and divide batch_size=8"):
+    pipeline.get_dataset("toy_train", "train", LENGTHS, batch_size=8,
+                         instruction_group_size=3)
+  with pytest.raises(ValueError, match="packing"):
+    pipeline.get_dataset("toy_train", "train", LENGTHS, batch_size=8, pack=True,
+                         instruction_group_size=2)
+  mixed = {F.HYPER_ENCODER_INPUT_TOKENS: np.array([[5, 6], [5, 6], [5, 7], [5, 6]],
+                                                  np.int32)}
+  out = pipeline.dedupe_instructions(
+      {F.HYPER_ENCODER_INPUT_TOKENS: mixed[F.HYPER_ENCODER_INPUT_TOKENS][:2]}, 2)
+  np.testing.assert_array_equal(out[F.HYPER_ENCODER_INPUT_TOKENS], [[5, 6]])
+  with pytest.raises(Exception, match="holds different instructions"):
+    pipeline.dedupe_instructions(mixed, 2)
 
 
 def test_register_all_is_idempotent(clean_registry):

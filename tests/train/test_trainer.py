@@ -26,11 +26,11 @@ TRAIN_SCALARS = ("loss", "z_loss", "accuracy", "learning_rate/backbone",
 def _train(model_dir, model=T5, optimizer=OPT, num_steps=12, **kwargs):
   kwargs.setdefault("summary_period", 1)
   kwargs.setdefault("checkpoint_period", 1000)
+  kwargs.setdefault("dataset_fn", lib.synthetic_batches)
   return trainer.train(
       model=model, model_dir=str(model_dir), mixture_or_task_name="synthetic",
       num_steps=num_steps, batch_size=4, sequence_lengths=lib.LENGTHS,
-      optimizer=optimizer, progress=False, dataset_fn=lib.synthetic_batches,
-      **kwargs)
+      optimizer=optimizer, progress=False, **kwargs)
 
 
 def _scalar_tags(logdir):
@@ -68,6 +68,56 @@ def test_microbatching_matches_the_full_batch(tmp_path, trained):
   micro = _train(tmp_path, num_steps=3, num_microbatches=2)
   np.testing.assert_allclose([h["loss"] for h in micro.history],
                              [h["loss"] for h in full.history[:3]], rtol=2e-5)
+
+
+def _instruction_groups(dedupe, group=2):
+  """synthetic_batches with one instruction per ``group`` consecutive examples,
+  sent ``[B, Lh]`` (repeated) or ``[B / group, Lh]`` (deduped)."""
+  def dataset_fn(**kwargs):
+    for batch in lib.synthetic_batches(**kwargs):
+      hyper = batch["hyper_encoder_input_tokens"][::group]
+      batch["hyper_encoder_input_tokens"] = (
+          hyper if dedupe else np.repeat(hyper, group, axis=0))
+      yield batch
+  return dataset_fn
+
+
+def test_grouped_instructions_match_repeated_ones(tmp_path):
+  model = lib.tiny_hint(dropout_rate=0.0)
+  runs = {}
+  # Grouped and microbatched: whole groups must go to one microbatch.
+  for name, dedupe, micro in (("full", False, 1), ("grouped_micro", True, 2)):
+    result = _train(tmp_path / name, model, num_steps=3, num_microbatches=micro,
+                    dataset_fn=_instruction_groups(dedupe))
+    runs[name] = result
+  losses = {k: [h["loss"] for h in r.history] for k, r in runs.items()}
+  np.testing.assert_allclose(losses["grouped_micro"], losses["full"], rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(runs["grouped_micro"].state.params),
+                  jax.tree.leaves(runs["full"].state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # The hypernetwork really runs on half the rows: fewer FLOPs for the same loss.
+  params = runs["full"].state.params
+  batches = {d: next(_instruction_groups(d)()) for d in (False, True)}
+
+  def flops(batch):
+    cost = jax.jit(model.loss_fn).lower(params, batch).cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+  assert flops(batches[True]) < 0.9 * flops(batches[False])
+
+
+def test_grouped_instructions_bad_sizes_are_clear_errors(tmp_path):
+  model = lib.tiny_hint(dropout_rate=0.0)
+  with pytest.raises(ValueError, match="instruction_group_size=3"):
+    _train(tmp_path / "a", model, num_steps=1, dataset_fn=None,
+           instruction_group_size=3)
+  with pytest.raises(ValueError, match="cannot serve 4 examples"):
+    _train(tmp_path / "b", model, num_steps=1, dataset_fn=_odd_groups)
+
+
+def _odd_groups(**kwargs):
+  for batch in lib.synthetic_batches(**kwargs):
+    batch["hyper_encoder_input_tokens"] = batch["hyper_encoder_input_tokens"][:3]
+    yield batch
 
 
 def test_frozen_backbone_does_not_change_and_holds_no_state(tmp_path):
