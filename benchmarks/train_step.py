@@ -58,13 +58,19 @@ def parse_args(argv=None):
                  help="also time the full HINT train step")
   p.add_argument("--instruction-len", type=int, default=256,
                  help="instruction tokens per example for --hint")
+  p.add_argument("--instruction-groups", default="1",
+                 help="for --hint: comma-separated examples per instruction "
+                      "(train.instruction_group_size); 1 = one per example")
+  p.add_argument("--compute-dtype", default=None,
+                 help="e.g. bfloat16 (both of our steps; parameters stay f32)")
   p.add_argument("--record", action="store_true",
                  help="write the results into benchmarks/RESULTS.md")
   p.add_argument("--note", default="", help="extra line for RESULTS.md")
   return p.parse_args(argv)
 
 
-def _batch(args, vocab: int, rng: np.random.RandomState, instruction: int = 0):
+def _batch(args, vocab: int, rng: np.random.RandomState, instruction: int = 0,
+           group: int = 1):
   b, li, lt = args.batch, args.inputs, args.targets
   tgt = rng.randint(2, vocab, size=(b, lt)).astype(np.int32)
   out = {"encoder_input_tokens": rng.randint(2, vocab, size=(b, li)).astype(np.int32),
@@ -73,8 +79,9 @@ def _batch(args, vocab: int, rng: np.random.RandomState, instruction: int = 0):
              [np.zeros((b, 1), np.int32), tgt[:, :-1]], axis=1),
          "decoder_loss_weights": np.ones((b, lt), np.float32)}
   if instruction:
+    # One instruction row per group of ``group`` consecutive examples.
     out["hyper_encoder_input_tokens"] = rng.randint(
-        2, vocab, size=(b, instruction)).astype(np.int32)
+        2, vocab, size=(b // group, instruction)).astype(np.int32)
   return out
 
 
@@ -209,7 +216,7 @@ def main(argv=None):
         f"{args.inputs}, targets {args.targets}, dropout {args.dropout}; "
         f"{common.fmt_flops(train_flops)} per step (3x analytic forward)")
 
-  rows, results = [], {}
+  rows, results, overhead = [], {}, {}
 
   def report(name, r, step_flops):
     tps = tokens / r["seconds"]
@@ -222,8 +229,10 @@ def main(argv=None):
     rows.append([name, f"{r['seconds']:.2f}", f"{tps:,.0f}",
                  f"{common.fmt_flops(achieved)}/s", f"{achieved / peak:.1%}"])
 
-  ours = jax_step_seconds(EncoderDecoderModel(Transformer(cfg)), batch, args.warmup,
-                          args.steps)
+  from hyper_tasks.train.trainer import with_compute_dtype
+  dtype = lambda m: with_compute_dtype(m, args.compute_dtype) if args.compute_dtype else m
+  ours = jax_step_seconds(dtype(EncoderDecoderModel(Transformer(cfg))), batch,
+                          args.warmup, args.steps)
   print(f"ours: compile + first step {ours['compile_s']:.1f} s")
   report("ours (JAX, Adafactor)", ours, train_flops)
 
@@ -240,15 +249,24 @@ def main(argv=None):
     model = make_model(args.variant, args.size, hypernet="hint", peft_spec=spec,
                        instruction_fusion=True, dropout_rate=args.dropout,
                        hypernet_kwargs={"num_heads": 8})
-    hbatch = _batch(args, cfg.vocab_size, np.random.RandomState(0),
-                    instruction=args.instruction_len)
+    model = dtype(model)
     f = flops.model_flops(model, args.inputs, args.targets, args.instruction_len)
-    hint_flops = 3 * args.batch * f.uncached()  # one instruction per example
-    r = jax_step_seconds(model, hbatch, args.warmup, args.steps)
-    print(f"hint: compile + first step {r['compile_s']:.1f} s")
-    report(f"HINT (JAX; instruction {args.instruction_len})", r, hint_flops)
-    print(f"HINT step overhead over plain T5: {r['seconds'] / ours['seconds']:.2f}x "
-          f"time, {hint_flops / train_flops:.2f}x FLOPs")
+    for group in (int(g) for g in args.instruction_groups.split(",")):
+      if args.batch % group:
+        raise SystemExit(f"--instruction-groups {group} must divide --batch")
+      hbatch = _batch(args, cfg.vocab_size, np.random.RandomState(0),
+                      instruction=args.instruction_len, group=group)
+      # Per example: the backbone with the adaptation; per group: the instruction
+      # encoder + hypernetwork (+ fused instruction keys/values).
+      hint_flops = 3 * args.batch * f.amortized(group)
+      r = jax_step_seconds(model, hbatch, args.warmup, args.steps)
+      print(f"hint (group {group}): compile + first step {r['compile_s']:.1f} s")
+      name = f"HINT (JAX; instruction {args.instruction_len}"
+      name += f", {group} examples per instruction)" if group > 1 else ")"
+      report(name, r, hint_flops)
+      overhead[name] = (r["seconds"] / ours["seconds"], hint_flops / train_flops)
+      print(f"{name} overhead over plain T5: {overhead[name][0]:.2f}x time, "
+            f"{overhead[name][1]:.2f}x FLOPs")
 
   if args.record:
     lines = [
@@ -258,7 +276,8 @@ def main(argv=None):
         f"{common.fmt_flops(peak)}/s" + (f", torch {common.fmt_flops(torch_peak)}/s"
                                          if torch_peak else "") + ".",
         f"- {args.variant}/{args.size}, batch {args.batch}, inputs {args.inputs}, "
-        f"targets {args.targets}, dropout {args.dropout}; tokens = batch x (inputs + "
+        f"targets {args.targets}, dropout {args.dropout}, compute "
+        f"{args.compute_dtype or 'float32'}; tokens = batch x (inputs + "
         f"targets); FLOPs = 3 x analytic forward = {common.fmt_flops(train_flops)} "
         "per step (HINT: its own count with the hypernetwork per example).",
         f"- Median of {args.steps} steps after {args.warmup} warmup step(s); "
@@ -269,6 +288,9 @@ def main(argv=None):
       name = next(k for k in results if k.startswith("transformers"))
       lines.append(f"\nOurs / PyTorch throughput: "
                    f"**{results[name]['seconds'] / ours['seconds']:.2f}x**.")
+    for name, (t, fl) in overhead.items():
+      lines.append(f"\n{name}: **{t:.2f}x** the plain T5 step's time for "
+                   f"{fl:.2f}x its FLOPs (overhead of the hypernetwork).")
     if args.note:
       lines.append("\n" + args.note)
     common.replace_section(section_title(args), "\n".join(lines))

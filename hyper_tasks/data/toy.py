@@ -62,7 +62,9 @@ TEST_PHRASINGS_PER_OP = 10
 
 # "{c}" is the core as written, "{C}" the core with a capital first letter.
 SEEN_FRAMES = ("{C}.", "Please {c}.", "Task: {c}.", "{C}, please.",
-               "Your job is to {c}.", "Read the input and {c}.")
+               "Your job is to {c}.", "Read the input and {c}.",
+               "I need you to {c}.", "{C}. Answer briefly.",
+               "Look at the input, then {c}.", "Go ahead and {c}.")
 HELDOUT_FRAMES = ("Now {c}.", "Instruction: {c}.", "You must {c}.")
 FRAMES = SEEN_FRAMES + HELDOUT_FRAMES
 
@@ -203,7 +205,7 @@ OPERATIONS_BY_NAME = {op.name: op for op in OPERATIONS}
 def random_input(kind: str, rng: random.Random) -> str:
   """A list of 3-7 digits (``"3 1 4"``) or a 3-7 letter pronounceable word."""
   if kind == LIST:
-    return _join(rng.randrange(10) for _ in range(rng.randint(3, 7)))
+    return _join(rng.randrange(10) for _ in range(rng.randint(5, 8)))
   length = rng.randint(3, 7)
   start = rng.randrange(2)  # words start with a consonant or a vowel
   letters = [rng.choice(_CONSONANTS if (i + start) % 2 == 0 else _VOWELS)
