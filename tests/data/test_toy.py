@@ -28,7 +28,7 @@ def test_operations(op, x, y):
 def test_every_operation_is_tested_and_phrasings_are_framed_cores():
   assert len(OPS) == 11
   op = OPS["list_max"]
-  assert len(op.seen_phrasings) == len(op.cores) * len(toy.SEEN_FRAMES) == 30
+  assert len(op.seen_phrasings) == len(op.cores) * len(toy.SEEN_FRAMES) == 50
   assert "Please find the maximum of the list." in op.seen_phrasings
   assert "Now return the maximum digit." in op.heldout_phrasings
   assert "Return the maximum digit." in op.heldout_phrasings  # seen frame
@@ -44,7 +44,7 @@ def test_instances_are_deterministic_and_targets_right():
   for inst in first:
     assert inst["target"] == inst["op"].fn(inst["input"])
     assert inst["phrasing"] == inst["op"].phrasings[inst["phrasing_index"]]
-    assert len(inst["input"]) <= 13 and len(inst["target"]) <= 13
+    assert len(inst["input"]) <= 15 and len(inst["target"]) <= 15
 
 
 def test_every_seen_phrasing_trains():
