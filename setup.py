@@ -1,5 +1,10 @@
 """hyper-tasks: hypernetwork instruction tuning (HINT-style) on JAX/Flax."""
+import os
+
 import setuptools
+from setuptools.command.build_py import build_py as _build_py
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 INSTALL_REQUIRES = [
     "jax>=0.4.35,<0.13",
@@ -36,12 +41,42 @@ TEST_REQUIRES = [
 # Running the notebooks by hand (the test extra covers them too).
 NOTEBOOK_REQUIRES = ["jupyter>=1.0,<2", "matplotlib>=3.8,<4"]
 
+
+class build_py(_build_py):
+  """Ships the repository's ``gin/`` inside wheels as ``hyper_tasks/gin``.
+
+  The configs live at the top level (one folder per concern, as in t5x), so a wheel
+  would otherwise lack them; ``gin_utils.default_search_paths`` looks in both places.
+  Editable installs find ``gin/`` beside the package and need no copy.
+  """
+
+  def run(self):
+    super().run()
+    if getattr(self, "editable_mode", False):
+      return
+    src = os.path.join(ROOT, "gin")
+    for dirpath, _, filenames in os.walk(src):
+      for name in sorted(filenames):
+        if not name.endswith(".gin"):
+          continue
+        rel = os.path.relpath(os.path.join(dirpath, name), src)
+        dst = os.path.join(self.build_lib, "hyper_tasks", "gin", rel)
+        self.mkpath(os.path.dirname(dst))
+        self.copy_file(os.path.join(dirpath, name), dst)
+
+
+# The embedded data folders hold no Python; listing them as (namespace) packages keeps
+# setuptools from warning that package data sits outside any package.
+PACKAGES = setuptools.find_namespace_packages(
+    include=["hyper_tasks", "hyper_tasks.*"], exclude=["*.__pycache__"])
+
 setuptools.setup(
     name="hyper-tasks",
     version="0.1.0",
     description="Hypernetwork instruction tuning (HINT-style) for T5 on JAX/Flax",
-    packages=setuptools.find_packages(include=["hyper_tasks", "hyper_tasks.*"]),
+    packages=PACKAGES,
     package_data={"hyper_tasks": ["data/embedded/**/*", "data/embedded/*"]},
+    cmdclass={"build_py": build_py},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
