@@ -153,10 +153,15 @@ def main(argv=None) -> int:
         "",
         table,
         "",
-        "Wall rates were taken while other engineers ran tests on the same 2 "
-        "cores (see the load average), so they are pessimistic; examples per "
-        "CPU-second (user + system time of the benchmark process) measure the "
-        "cost of an example and are far less disturbed. The C4 pipeline is "
+        (("Wall rates were taken while other jobs ran on the same cores (see "
+          "the load average), so they are pessimistic; examples per "
+          "CPU-second (user + system time of the benchmark process) measure the "
+          "cost of an example and are far less disturbed. ")
+         if load[0] > 0.5 * common.usable_cores() else
+         ("Wall rates were taken on an otherwise idle machine (see the load "
+          "average); examples per CPU-second (user + system time of the "
+          "benchmark process) measure the cost of an example. ")) +
+        "The C4 pipeline is "
         "bound by SentencePiece tokenization of whole documents (about 500 "
         "tokens each, tokenized before cutting). First-batch time includes "
         "filling the shuffle buffers.",

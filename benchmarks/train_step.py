@@ -8,8 +8,10 @@ same architecture in both frameworks, in the same process, on the same random ba
     python benchmarks/train_step.py --hint                # + the full HINT train step
 
 Prints tokens/s (``batch * (inputs + targets)`` per second) for both, their ratio, and
-achieved FLOP/s as a fraction of this machine's dense float32 matmul FLOP/s measured in
-the same run (``benchmarks.common.matmul_peak_flops``). Training FLOPs are 3x the
+achieved FLOP/s as a fraction of this machine's dense matmul FLOP/s (in the compute
+dtype) measured in the same run (``benchmarks.common.matmul_peak_flops``) and, on a
+known accelerator in bfloat16, model FLOPs utilisation against its data-sheet peak
+(``benchmarks.common.nominal_peak_flops``). Training FLOPs are 3x the
 analytic forward count of :mod:`hyper_tasks.models.flops` (backward ~= 2x forward).
 ``--hint`` adds our HINT step (hypernetwork reading a ``--instruction-len`` instruction
 per example, adapters + prefixes, instruction fusion; everything trained with the dual
@@ -35,10 +37,15 @@ from benchmarks import common  # noqa: E402
 SECTION = "Train step: ours (JAX) vs transformers (PyTorch)"
 
 
-def section_title(args) -> str:
-  """One RESULTS.md section per configuration, so a quick run keeps the full one."""
-  return (f"{SECTION}, {args.variant}/{args.size}, batch {args.batch}, "
-          f"{args.inputs}/{args.targets}")
+def section_title(args, platform: str = "cpu") -> str:
+  """One RESULTS.md section per configuration, so a quick run keeps the full one
+  (and a GPU or bfloat16 run keeps the CPU float32 one)."""
+  title = (f"{SECTION}, {args.variant}/{args.size}, batch {args.batch}, "
+           f"{args.inputs}/{args.targets}")
+  compute = args.compute_dtype or "float32"
+  if platform != "cpu" or compute != "float32":
+    title += f", {platform} {compute}"
+  return title
 
 
 def parse_args(argv=None):
@@ -203,10 +210,17 @@ def main(argv=None):
   cfg = preset(args.variant, args.size, dropout_rate=args.dropout)
   machine = common.machine_description()
   print(f"machine: {machine}")
-  peak = common.matmul_peak_flops()
+  compute = args.compute_dtype or "float32"
+  device = jax.devices()[0]
+  # Accelerators need a bigger matmul than 2048^2 to approach their peak.
+  n = 2048 if device.platform == "cpu" else 8192
+  peak = common.matmul_peak_flops(n=n, dtype=compute)
+  nominal = common.nominal_peak_flops(device.device_kind, compute)
   torch_peak = None if args.skip_torch else common.torch_matmul_peak_flops()
-  print(f"dense f32 matmul 2048^2: jax {common.fmt_flops(peak)}/s"
-        + (f", torch {common.fmt_flops(torch_peak)}/s" if torch_peak else ""))
+  print(f"dense {compute} matmul {n}^2: jax {common.fmt_flops(peak)}/s"
+        + (f", torch f32 {common.fmt_flops(torch_peak)}/s" if torch_peak else "")
+        + (f"; nominal {compute} peak of {device.device_kind}: "
+           f"{common.fmt_flops(nominal)}/s" if nominal else ""))
   rng = np.random.RandomState(0)
   batch = _batch(args, cfg.vocab_size, rng)
   tokens = args.batch * (args.inputs + args.targets)
@@ -224,10 +238,12 @@ def main(argv=None):
     results[name] = dict(r, tps=tps, achieved=achieved)
     print(f"{name}: {r['seconds']:.2f} s/step (steps {[round(x, 2) for x in r['all']]}"
           f"), {tps:,.0f} tokens/s, {common.fmt_flops(achieved)}/s = "
-          f"{achieved / peak:.1%} of measured matmul peak; loss {r['loss']:.3f}, "
-          f"{r['params'] / 1e6:.1f}M params")
+          f"{achieved / peak:.1%} of measured matmul peak"
+          + (f", MFU {achieved / nominal:.1%} of nominal peak" if nominal else "")
+          + f"; loss {r['loss']:.3f}, {r['params'] / 1e6:.1f}M params")
     rows.append([name, f"{r['seconds']:.2f}", f"{tps:,.0f}",
-                 f"{common.fmt_flops(achieved)}/s", f"{achieved / peak:.1%}"])
+                 f"{common.fmt_flops(achieved)}/s", f"{achieved / peak:.1%}"]
+                + ([f"{achieved / nominal:.1%}"] if nominal else []))
 
   from hyper_tasks.train.trainer import with_compute_dtype
   dtype = lambda m: with_compute_dtype(m, args.compute_dtype) if args.compute_dtype else m
@@ -272,9 +288,11 @@ def main(argv=None):
     lines = [
         f"`python benchmarks/train_step.py {_command(argv)}`",
         "", f"- Machine: {machine}.",
-        f"- Dense f32 matmul (2048^2, measured in the same run): jax "
-        f"{common.fmt_flops(peak)}/s" + (f", torch {common.fmt_flops(torch_peak)}/s"
-                                         if torch_peak else "") + ".",
+        f"- Dense {compute} matmul ({n}^2, measured in the same run): jax "
+        f"{common.fmt_flops(peak)}/s" + (f", torch f32 {common.fmt_flops(torch_peak)}/s"
+                                         if torch_peak else "") + "."
+        + (f" MFU is against the nominal {compute} peak of {device.device_kind}, "
+           f"{common.fmt_flops(nominal)}/s." if nominal else ""),
         f"- {args.variant}/{args.size}, batch {args.batch}, inputs {args.inputs}, "
         f"targets {args.targets}, dropout {args.dropout}, compute "
         f"{args.compute_dtype or 'float32'}; tokens = batch x (inputs + "
@@ -283,7 +301,8 @@ def main(argv=None):
         f"- Median of {args.steps} steps after {args.warmup} warmup step(s); "
         "compilation excluded.", ""]
     lines.append(common.markdown_table(
-        ["step", "s/step", "tokens/s", "achieved", "of matmul peak"], rows))
+        ["step", "s/step", "tokens/s", "achieved", "of matmul peak"]
+        + (["MFU (nominal peak)"] if nominal else []), rows))
     if "transformers" in " ".join(results):
       name = next(k for k in results if k.startswith("transformers"))
       lines.append(f"\nOurs / PyTorch throughput: "
@@ -293,7 +312,7 @@ def main(argv=None):
                    f"{fl:.2f}x its FLOPs (overhead of the hypernetwork).")
     if args.note:
       lines.append("\n" + args.note)
-    common.replace_section(section_title(args), "\n".join(lines))
+    common.replace_section(section_title(args, device.platform), "\n".join(lines))
   return results
 
 

@@ -148,7 +148,8 @@ def instance_flops(model: EncoderDecoderModel, params, kind: str,
 
 def _train(kind: str, model, model_dir: str, mixture: str, steps: int,
            batch_size: int, lengths, restore: Optional[initial_restore.InitialRestore],
-           lr: float, log_every: int, compiler_options=None, group_size: int = 1):
+           lr: float, log_every: int, compiler_options=None, group_size: int = 1,
+           seed: int = 0):
   print(f"\n== {kind}: training {steps} steps on {mixture} -> {model_dir}", flush=True)
   optimizer = optimizers.adafactor_dual(backbone_lr=lr, hypernet_lr=lr)
   result = trainer.train(
@@ -157,7 +158,7 @@ def _train(kind: str, model, model_dir: str, mixture: str, steps: int,
       optimizer=optimizer, initial_restore=restore,
       checkpoint_period=max(steps, 1), keep_checkpoints=1, summary_period=log_every,
       async_checkpoints=False, progress=True, compiler_options=compiler_options,
-      instruction_group_size=group_size)
+      instruction_group_size=group_size, seed=seed, data_seed=seed)
   losses = [h["loss"] for h in result.history if "loss" in h]
   return result.state.params, losses
 
@@ -166,8 +167,12 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
         batch_size: int = 24, lr: float = 1e-2, log_every: int = 100,
         models: Sequence[str] = MODELS, size_overrides: Optional[dict] = None,
         progress: bool = False, max_eval_examples: Optional[int] = None,
-        compiler_options: Optional[dict] = None) -> dict[str, Any]:
-  """Runs the whole demo; returns ``{"rows": [...], "report_path": ...}``."""
+        compiler_options: Optional[dict] = None, seed: int = 0) -> dict[str, Any]:
+  """Runs the whole demo; returns ``{"rows": [...], "report_path": ...}``.
+
+  ``seed`` sets parameter initialisation and the training data order of every stage
+  (the three stage-2 models share it, so they see the same batches).
+  """
   start = time.time()
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
@@ -180,7 +185,7 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
   hint = build_model("hint", cfg)
   _, pre_losses = _train("hint (stage 1)", hint, pre_dir, "embedded_pretrain",
                          pretrain_steps, batch_size, PRETRAIN_LENGTHS, None, lr,
-                         log_every, compiler_options)
+                         log_every, compiler_options, seed=seed)
 
   rows, reports = [], {}
   for kind in models:
@@ -197,7 +202,7 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
     group = GROUP_SIZE if kind != "concat" and batch_size % GROUP_SIZE == 0 else 1
     params, losses = _train(kind, model, model_dir, mixture, finetune_steps,
                             batch_size, _lengths(kind), restore, lr, log_every,
-                            compiler_options, group)
+                            compiler_options, group, seed=seed)
     # One report per evaluation set: records carry their operation as task name,
     # so a merged report would mix seen and held-out phrasings of one operation.
     row = {"model": kind, "train loss": (losses[0], losses[-1]) if losses else None}
@@ -224,7 +229,7 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
              "seconds": time.time() - start, "out_dir": out_dir,
              "config": {"pretrain_steps": pretrain_steps,
                         "finetune_steps": finetune_steps, "batch_size": batch_size,
-                        "lr": lr, "backbone": {k: str(v) for k, v in
+                        "lr": lr, "seed": seed, "backbone": {k: str(v) for k, v in
                                                vars(cfg).items()}}}
   path = os.path.join(out_dir, "demo_report.json")
   _write_json(path, {**summary, "reports": reports})
@@ -293,6 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--batch_size", type=int, default=24)
   parser.add_argument("--lr", type=float, default=1e-2)
   parser.add_argument("--log_every", type=int, default=100)
+  parser.add_argument("--seed", type=int, default=0,
+                      help="initialisation and data-order seed (all stages)")
   parser.add_argument("--models", default=",".join(MODELS),
                       help="comma-separated subset of " + ",".join(MODELS))
   parser.add_argument("--quick", action="store_true",
@@ -311,7 +318,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(f"unknown --models {unknown}; choose from {MODELS}")
   summary = run(args.out_dir, args.pretrain_steps, args.finetune_steps,
                 args.batch_size, args.lr, args.log_every, models,
-                max_eval_examples=max_eval, compiler_options=options)
+                max_eval_examples=max_eval, compiler_options=options,
+                seed=args.seed)
   print("\n" + format_table(summary["rows"]))
   text = verdict(summary["rows"])
   if text:

@@ -342,6 +342,34 @@ class HypernetBase(nn.Module):
                        f"divisible by num_heads {self.num_heads}.")
     return self.dim // self.num_heads
 
+  def emit_row_groups(self, x, groups, layouts, values: dict, offset: int = 0,
+                      deterministic: bool = True) -> int:
+    """Reads consecutive query rows of ``x`` through one MLP head per slot type.
+
+    Args:
+      x: ``[B, Q, hyper_embed]`` query states; group ``name`` takes the next
+        ``len(group) * rows`` of them from ``offset`` on.
+      groups: slot type -> slots (``group_by_type``), each type one head
+        ``{name}_head``; layouts: slot path -> :class:`RowLayout`.
+      values: filled in place, slot path -> generated tensor.
+    Returns:
+      the offset after the last group.
+    Must be called from a compact method (the heads are submodules of ``self``).
+    """
+    b = x.shape[0]
+    for name, group in groups.items():
+      lay = layouts[group[0].path]
+      n = len(group) * lay.rows
+      out = MlpHead(self.head_hidden, lay.width, "hyper_embed", lay.width_axis_name,
+                    output_head_init_scale(self, name), self.dropout_rate,
+                    self.dtype, name=f"{name}_head")(x[:, offset:offset + n],
+                                                     deterministic)
+      offset += n
+      out = out.reshape(b, len(group), lay.rows, lay.width)
+      for i, s in enumerate(group):
+        values[s.path] = finish(s, rows_to_slot(out[:, i], lay), self.output_scale)
+    return offset
+
 
 def output_head_init_scale(base: nn.Module, name: str) -> float:
   return base.small_init if is_output_side(name) else 1.0

@@ -72,19 +72,6 @@ class Hint(common.HypernetBase):
     x = common.HyperNorm(dtype=self.dtype, name="norm")(queries[None] + attended)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = common.constrain(x, ("batch", "slots", "hyper_embed"))
-    b = x.shape[0]
-    values, offset = {}, 0
-    for name, group in groups.items():
-      lay = layouts[group[0].path]
-      n = len(group) * lay.rows
-      out = common.MlpHead(self.head_hidden, lay.width, "hyper_embed",
-                           lay.width_axis_name,
-                           common.output_head_init_scale(self, name),
-                           self.dropout_rate, self.dtype, name=f"{name}_head")(
-                               x[:, offset:offset + n], deterministic)
-      offset += n
-      out = out.reshape(b, len(group), lay.rows, lay.width)
-      for i, s in enumerate(group):
-        values[s.path] = common.finish(s, common.rows_to_slot(out[:, i], lay),
-                                       self.output_scale)
+    values = {}
+    self.emit_row_groups(x, groups, layouts, values, 0, deterministic)
     return common.assemble(values, slots)

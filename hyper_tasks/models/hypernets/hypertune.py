@@ -97,18 +97,5 @@ class HyperTune(common.HypernetBase):
         for i, key in enumerate(keys):
           s = prefix_sites[key][name]
           values[s.path] = common.finish(s, out[:, i], self.output_scale)
-    offset = p
-    for name, group in lora_groups.items():
-      lay = layouts[group[0].path]
-      n = len(group) * lay.rows
-      out = common.MlpHead(self.head_hidden, lay.width, "hyper_embed",
-                           lay.width_axis_name,
-                           common.output_head_init_scale(self, name),
-                           self.dropout_rate, self.dtype, name=f"{name}_head")(
-                               x[:, offset:offset + n], deterministic)
-      offset += n
-      out = out.reshape(b, len(group), lay.rows, lay.width)
-      for i, s in enumerate(group):
-        values[s.path] = common.finish(s, common.rows_to_slot(out[:, i], lay),
-                                       self.output_scale)
+    self.emit_row_groups(x, lora_groups, layouts, values, p, deterministic)
     return common.assemble(values, slots)
