@@ -122,18 +122,6 @@ def matmul_peak_flops(n: int = 2048, dtype: str = "float32", repeats: int = 5) -
   return 2.0 * n ** 3 / min(times)
 
 
-# Nominal dense bfloat16 peak FLOP/s per chip (vendor data sheets), the usual
-# denominator of model FLOPs utilisation. Matched in order against ``device_kind``.
-NOMINAL_BF16_PEAK = (
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12),
-    ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A10G", 70e12),
-    ("L40S", 362e12), ("L4", 121e12), ("V100", 125e12),
-    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12), ("TPU v5 lite", 197e12),
-    ("TPU v5e", 197e12), ("TPU v5p", 459e12), ("TPU v5", 459e12), ("TPU v4", 275e12),
-    ("TPU v3", 123e12), ("TPU v2", 45e12),
-)
-
-
 def nominal_peak_flops(device_kind: str, dtype: str) -> Optional[float]:
   """The chip's data-sheet dense peak for ``dtype`` (bfloat16 only), else None.
 
@@ -142,7 +130,9 @@ def nominal_peak_flops(device_kind: str, dtype: str) -> Optional[float]:
   """
   if dtype not in ("bfloat16", "bf16"):
     return None
-  for key, value in NOMINAL_BF16_PEAK:
+  # The trainer's table (its MFU summaries use the same numbers).
+  from hyper_tasks.train.summaries import PEAK_FLOPS  # pylint: disable=g-import-not-at-top
+  for key, value in PEAK_FLOPS:
     if key.lower() in device_kind.lower():
       return value
   return None

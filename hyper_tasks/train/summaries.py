@@ -34,10 +34,15 @@ TRAIN_SUBDIR = "train"
 
 # Dense bfloat16 peak FLOP/s per device, by substring of ``device.device_kind``.
 PEAK_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("GH200", 989e12),
     ("H200", 989e12),
     ("H100", 989e12),
+    ("H800", 989e12),
+    ("B200", 2250e12),
     ("A100", 312e12),
     ("A10G", 125e12),
+    ("L40S", 362e12),
     ("L4", 121e12),
     ("V100", 125e12),
     ("TPU v6", 918e12),
@@ -47,6 +52,7 @@ PEAK_FLOPS = (
     ("TPU v5", 459e12),
     ("TPU v4", 275e12),
     ("TPU v3", 123e12),
+    ("TPU v2", 45e12),
 )
 _MEASURED: dict[str, float] = {}
 
@@ -83,8 +89,9 @@ def step_flops(lowered: Any, model: Any = None,
   """FLOPs of one train step over all devices (0.0 when unknown).
 
   Model FLOPs (the MFU convention): ``3 x`` the forward FLOPs of
-  ``hyper_tasks.models.flops.model_flops`` per example (the hypernetwork runs for
-  every example in training), times the batch size. Without that module (or for a
+  ``hyper_tasks.models.flops.model_flops`` per example, times the batch size; the
+  hypernetwork counts once per row of ``hyper_encoder_input_tokens`` (every example,
+  or every group of ``B / rows`` examples sharing an instruction). Without that module (or for a
   model it does not know), XLA's estimate of the lowered step, which also counts
   elementwise work and the optimizer.
 
@@ -101,7 +108,10 @@ def step_flops(lowered: Any, model: Any = None,
       hyper = batch_shapes.get("hyper_encoder_input_tokens")
       instr_len = hyper[1] if hyper is not None and model.uses_instruction else 0
       forward = flops_lib.model_flops(model, enc_len, dec_len, instr_len)
-      return 3.0 * b * float(forward.uncached())
+      # Grouped instructions (``instruction_group_size``): the hypernetwork runs
+      # once per ``[B / g, Lh]`` row, not once per example.
+      rows = hyper[0] if instr_len and hyper[0] else b
+      return 3.0 * b * float(forward.amortized(b / rows))
     except ImportError:
       pass
     except Exception as e:  # pylint: disable=broad-except

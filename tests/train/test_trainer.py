@@ -105,6 +105,23 @@ def test_grouped_instructions_match_repeated_ones(tmp_path):
   assert flops(batches[True]) < 0.9 * flops(batches[False])
 
 
+def test_model_flops_count_the_hypernetwork_once_per_group():
+  from hyper_tasks.models import flops as flops_lib
+  from hyper_tasks.train import summaries
+  model = lib.tiny_hint(dropout_rate=0.0)
+  b, lh = 4, lib.LENGTHS["hyper_inputs"]
+  enc, dec = lib.LENGTHS["inputs"], lib.LENGTHS["targets"]
+
+  def step(rows):
+    shapes = {"encoder_input_tokens": (b, enc), "decoder_target_tokens": (b, dec),
+              "hyper_encoder_input_tokens": (rows, lh)}
+    return summaries.step_flops(None, model, shapes)
+  f = flops_lib.model_flops(model, enc, dec, lh)
+  assert step(b) == pytest.approx(3 * b * f.uncached())
+  assert step(b // 2) == pytest.approx(3 * b * (f.per_instance + f.per_task / 2))
+  assert step(b // 2) < step(b)
+
+
 def test_grouped_instructions_bad_sizes_are_clear_errors(tmp_path):
   model = lib.tiny_hint(dropout_rate=0.0)
   with pytest.raises(ValueError, match="instruction_group_size=3"):
