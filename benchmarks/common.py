@@ -131,11 +131,8 @@ def nominal_peak_flops(device_kind: str, dtype: str) -> Optional[float]:
   if dtype not in ("bfloat16", "bf16"):
     return None
   # The trainer's table (its MFU summaries use the same numbers).
-  from hyper_tasks.train.summaries import PEAK_FLOPS  # pylint: disable=g-import-not-at-top
-  for key, value in PEAK_FLOPS:
-    if key.lower() in device_kind.lower():
-      return value
-  return None
+  from hyper_tasks.train.summaries import table_peak_flops  # pylint: disable=g-import-not-at-top
+  return table_peak_flops(device_kind)
 
 
 def torch_matmul_peak_flops(n: int = 2048, repeats: int = 5) -> Optional[float]:

@@ -79,15 +79,19 @@ def measure_peak_flops(size: int = 2048, repeats: int = 3) -> float:
   return _MEASURED[kind]
 
 
+def table_peak_flops(device_kind: str) -> Optional[float]:
+  """The ``PEAK_FLOPS`` entry matching ``device_kind``, or None."""
+  for key, value in PEAK_FLOPS:
+    if key.lower() in device_kind.lower():
+      return value
+  return None
+
+
 def peak_flops_per_device(override: Optional[float] = None) -> float:
   """``override``, else the table value for this device kind, else measured."""
   if override:
     return float(override)
-  kind = jax.devices()[0].device_kind
-  for key, value in PEAK_FLOPS:
-    if key.lower() in kind.lower():
-      return value
-  return measure_peak_flops()
+  return table_peak_flops(jax.devices()[0].device_kind) or measure_peak_flops()
 
 
 def step_flops(lowered: Any, model: Any = None,
@@ -97,9 +101,9 @@ def step_flops(lowered: Any, model: Any = None,
   Model FLOPs (the MFU convention): ``3 x`` the forward FLOPs of
   ``hyper_tasks.models.flops.model_flops`` per example, times the batch size; the
   hypernetwork counts once per row of ``hyper_encoder_input_tokens`` (every example,
-  or every group of ``B / rows`` examples sharing an instruction). Without that module (or for a
-  model it does not know), XLA's estimate of the lowered step, which also counts
-  elementwise work and the optimizer.
+  or every group of ``B / rows`` examples sharing an instruction). Without that
+  module (or for a model it does not know), XLA's estimate of the lowered step,
+  which also counts elementwise work and the optimizer.
 
   Args:
     lowered: ``jax.jit(train_step).lower(state, batch)``.
