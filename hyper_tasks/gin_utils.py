@@ -8,7 +8,11 @@
 Search paths: the given ones, then ``$HYPER_TASKS_GIN_DIR`` (colon-separated) when
 set, then the repository's ``gin/`` directory found next to the package (a source
 checkout or an editable install) or inside it (``hyper_tasks/gin`` in a wheel), then
-the current directory.
+the current directory. A ``--gin_file`` is a path that exists or a name in the
+search paths; ``include`` statements inside gin files resolve against the search
+paths (and the folders of the given files) only, in that order, so the working
+directory's contents (a ``runs/`` folder, a stray ``models/``) cannot shadow or
+break the repository's files.
 
 Every module that defines configurables is imported first
 (:func:`import_configurables`), so a binding for an unknown configurable or
@@ -19,6 +23,7 @@ gin's generic message. :func:`write_operative_config` writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -148,9 +153,6 @@ def import_configurables(modules: Optional[Iterable[str]] = None) -> None:
     importlib.import_module(name)
 
 
-_ADDED_PATHS: list[str] = []
-
-
 class _PathProbeFilter(logging.Filter):
   """Drops gin's ERROR "Path not found" logged for every search path it probes."""
 
@@ -166,13 +168,44 @@ def _quiet_gin_path_probes() -> None:
 
 
 def _resolve_file(path: str, search_paths: Sequence[str]) -> str:
-  if os.path.isabs(path) or os.path.exists(path):
-    return path
+  """A gin file given on the command line: a path that exists, else the first
+  search path that holds it."""
+  path = os.path.expanduser(path)
+  if os.path.isabs(path):
+    if os.path.isfile(path):
+      return path
+    raise GinConfigError(f"gin file {path!r} not found.")
+  if os.path.isfile(path):
+    return os.path.abspath(path)
   for base in search_paths:
     candidate = os.path.join(base, path)
-    if os.path.exists(candidate):
-      return candidate
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)
   raise GinConfigError(f"gin file {path!r} not found (searched {list(search_paths)}).")
+
+
+@contextlib.contextmanager
+def _include_resolution(search_paths: Sequence[str]):
+  """Makes gin resolve ``include`` statements against ``search_paths`` only.
+
+  Gin's defaults depend on the working directory's contents: its first location
+  prefix is ``''`` (the working directory, ahead of every search path), and its
+  package-resource reader takes any folder on ``sys.path`` (``runs/`` in the
+  repository root after a demo, since ``python -m`` puts the working directory on
+  ``sys.path``) for a Python package and crashes on it. While parsing, the prefixes
+  are exactly ``search_paths`` (the working directory last, from
+  :func:`default_search_paths`) and the reader is a plain file reader; absolute
+  includes are read as they are. Restored afterwards.
+  """
+  config = gin.config
+  saved = (list(config._LOCATION_PREFIXES), list(config._FILE_READERS))  # pylint: disable=protected-access
+  config._LOCATION_PREFIXES[:] = [os.path.abspath(p) for p in search_paths]  # pylint: disable=protected-access
+  config._FILE_READERS[:] = [(open, os.path.isfile)]  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    config._LOCATION_PREFIXES[:] = saved[0]  # pylint: disable=protected-access
+    config._FILE_READERS[:] = saved[1]  # pylint: disable=protected-access
 
 
 def _clear_error(e: Exception, where: str) -> GinConfigError:
@@ -192,21 +225,24 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
     import_configurables()
   _quiet_gin_path_probes()
   paths = list(search_paths) + default_search_paths()
-  for path in paths:
-    if path not in _ADDED_PATHS:  # gin keeps a global list; add each once.
-      gin.add_config_file_search_path(path)
-      _ADDED_PATHS.append(path)
-  for f in gin_files:
-    resolved = _resolve_file(f, paths)
-    try:
-      gin.parse_config_file(resolved)
-    except (ValueError, KeyError, SyntaxError, IOError) as e:
-      raise _clear_error(e, f"gin file {resolved}") from e
-  for b in bindings:
-    try:
-      gin.parse_config(b)
-    except (ValueError, KeyError, SyntaxError) as e:
-      raise _clear_error(e, f"gin binding {b!r}") from e
+  resolved_files = [_resolve_file(f, paths) for f in gin_files]
+  # A user's own file may include files beside it (after the given search paths,
+  # before the repository's gin/ and the working directory).
+  own_dirs = [os.path.dirname(f) for f in resolved_files]
+  include_paths = list(dict.fromkeys(
+      [os.path.abspath(p) for p in search_paths] + own_dirs
+      + [os.path.abspath(p) for p in default_search_paths()]))
+  with _include_resolution(include_paths):
+    for resolved in resolved_files:
+      try:
+        gin.parse_config_file(resolved)
+      except (ValueError, KeyError, SyntaxError, IOError, TypeError) as e:
+        raise _clear_error(e, f"gin file {resolved}") from e
+    for b in bindings:
+      try:
+        gin.parse_config(b)
+      except (ValueError, KeyError, SyntaxError, IOError, TypeError) as e:
+        raise _clear_error(e, f"gin binding {b!r}") from e
   if finalize:
     try:
       gin.finalize()
