@@ -100,9 +100,11 @@ def evaluate(*, model, model_dir: str,
   from hyper_tasks.evaluation import evaluator
   from hyper_tasks.evaluation import report as report_lib
   from hyper_tasks.train import trainer
+  from hyper_tasks.data import pipeline
   model_dir = trainer.check_model_dir(model_dir)
   names = ([mixture_or_task_names] if isinstance(mixture_or_task_names, str)
            else list(mixture_or_task_names))
+  pipeline.check_vocabulary(names, model.config.vocab_size, where="eval")
   reports = []
   for path, step in checkpoint_steps_to_load(model_dir, checkpoint_path,
                                              checkpoint_step):

@@ -42,6 +42,9 @@ def infer(*, model, model_dir: str, mixture_or_task_name: str,
   # pylint: disable=g-import-not-at-top
   from hyper_tasks.evaluation import evaluator
   from hyper_tasks.train import trainer
+  from hyper_tasks.data import pipeline
+  pipeline.check_vocabulary([mixture_or_task_name], model.config.vocab_size,
+                            where="infer")
   model_dir = trainer.check_model_dir(model_dir)
   (path, step), = eval_lib.checkpoint_steps_to_load(model_dir, checkpoint_path,
                                                     checkpoint_step)

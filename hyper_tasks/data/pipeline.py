@@ -57,6 +57,26 @@ def get_provider(name: str) -> Provider:
   return seqio.get_mixture_or_task(name)
 
 
+def task_vocabulary(name: str) -> seqio.Vocabulary:
+  """The targets vocabulary of ``name`` (a mixture's first task)."""
+  provider = get_provider(name)
+  task = provider.tasks[0] if isinstance(provider, seqio.Mixture) else provider
+  return task.output_features[F.TARGETS].vocabulary
+
+
+def check_vocabulary(names: Sequence[str], model_vocab_size: int,
+                     where: str) -> None:
+  """Refuses tasks whose vocabulary (any feature, any member task) does not fit a
+  model with ``model_vocab_size`` embeddings (``vocab.check_fits``)."""
+  for name in names:
+    provider = get_provider(name)
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    for task in tasks:
+      for feature in task.output_features.values():
+        vocab_lib.check_fits(feature.vocabulary, model_vocab_size,
+                             where=f"{where}, task {task.name}")
+
+
 def _known(name: str) -> bool:
   return (name in seqio.TaskRegistry.names()
           or name in seqio.MixtureRegistry.names())

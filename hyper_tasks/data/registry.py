@@ -113,6 +113,7 @@ def register_all(sni_dir: Optional[str] = None,
                  c4_path: Optional[str] = None,
                  vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
                  *,
+                 vocabulary_dirs: Sequence[Optional[str]] = (),
                  sni_max_instances_per_task: int = 100,
                  sni_skip_bad_files: bool = False,
                  sni_allow_missing_tasks: bool = False,
@@ -130,7 +131,10 @@ def register_all(sni_dir: Optional[str] = None,
       Face schema).
     c4_path: ``"tfds"`` (TFDS ``c4/en``) or local jsonl/text files (file, glob or
       directory) -> ``c4_hyper_pretrain`` and ``c4_hyper_pretrain_4part``.
-    vocabulary: ``"byte"`` or a SentencePiece model path, for every task.
+    vocabulary: ``"byte"``, a SentencePiece model path, or ``"auto"`` (the run
+      files' default: see ``vocab.resolve``), for every task.
+    vocabulary_dirs: checkpoint directories ``"auto"`` looks in, most specific
+      first (the run files bind ``MODEL_DIR`` and the checkpoint restored).
     sni_max_instances_per_task: SNI instances per task (train and test).
     sni_skip_bad_files: skip malformed SNI task files (logged) instead of failing.
     sni_allow_missing_tasks: skip SNI tasks listed in a split but absent from
@@ -141,7 +145,7 @@ def register_all(sni_dir: Optional[str] = None,
     The task and mixture names registered.
   """
   from hyper_tasks.data import c4, p3_tasks, sni_tasks  # pylint: disable=g-import-not-at-top
-  vocabulary = vocab_lib.get_vocabulary(vocabulary)
+  vocabulary = vocab_lib.resolve(vocabulary, vocabulary_dirs)
   names = register_embedded(vocabulary=vocabulary)
   if sni_dir:
     names += sni_tasks.register_sni(

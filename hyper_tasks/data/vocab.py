@@ -12,16 +12,34 @@ Two vocabularies cover the project:
 ``get_vocabulary`` maps a name or path to one of them. Instances are cached by path,
 so every task registered with the same vocabulary shares one object (seqio mixtures
 compare vocabularies, and the TF SentencePiece op is built once).
+
+Real runs bind ``VOCABULARY = 'auto'`` (every ``gin/runs/*.gin``): :func:`resolve`
+then takes the SentencePiece model from the first checkpoint directory that has one
+(``MODEL_DIR`` when resuming or evaluating, else the checkpoint being restored: an
+HF T5 directory's ``spiece.model``, or the copy a run writes into its ``MODEL_DIR``
+with :func:`save_to_model_dir`), else from ``$HYPER_TASKS_VOCABULARY``, and fails
+naming where it looked. ``gin/tiny.gin`` binds ``'byte'``. :func:`check_fits`
+refuses data whose vocabulary does not fit the model's embedding (larger than it,
+or far smaller: a byte vocabulary with a SentencePiece-sized model).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
 import os
-from typing import Union
+import shutil
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import seqio
 
 BYTE = "byte"
+AUTO = "auto"
+VOCABULARY_ENV = "HYPER_TASKS_VOCABULARY"
+SPIECE = "spiece.model"
+RECORD = "vocabulary.json"  # what a MODEL_DIR was trained with
 T5_EXTRA_IDS = 100
 PAD_ID = 0
 EOS_ID = 1
@@ -80,3 +98,159 @@ def vocabulary_key(vocabulary: seqio.Vocabulary) -> str:
   if isinstance(vocabulary, seqio.SentencePieceVocabulary):
     return f"{vocabulary.sentencepiece_model_file}+{vocabulary.extra_ids}"
   return repr(vocabulary)
+
+
+class VocabularyError(ValueError):
+  """A vocabulary that cannot be found, or does not fit the model."""
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def find_in_dir(directory: str) -> Optional[str]:
+  """The vocabulary a checkpoint directory carries: ``"byte"``, a SentencePiece
+  model path, or None.
+
+  Looks for ``vocabulary.json`` (written by :func:`save_to_model_dir`), then
+  ``spiece.model`` (HF T5 directories, our ``MODEL_DIR``s). An HF directory with
+  only ``tokenizer.json`` is refused: its SentencePiece model is needed for the
+  tf.data tokenizer.
+  """
+  if not directory or not isinstance(directory, str) or directory.startswith(
+      ("gs://", "s3://")) or not os.path.isdir(directory):
+    return None
+  record = os.path.join(directory, RECORD)
+  if os.path.exists(record):
+    with open(record, encoding="utf-8") as f:
+      info = json.load(f)
+    if info.get("kind") == BYTE:
+      return BYTE
+    path = os.path.join(directory, info.get("file", SPIECE))
+    if not os.path.exists(path):
+      raise VocabularyError(f"{record} names {path}, which does not exist.")
+    return path
+  spiece = os.path.join(directory, SPIECE)
+  if os.path.exists(spiece):
+    return spiece
+  if os.path.exists(os.path.join(directory, "tokenizer.json")):
+    raise VocabularyError(
+        f"{directory} has tokenizer.json but no {SPIECE}: the input pipeline "
+        f"tokenizes with SentencePiece; copy the model's {SPIECE} there or set "
+        f"VOCABULARY='/path/to/{SPIECE}'.")
+  return None
+
+
+def resolve(spec: VocabularyLike = AUTO,
+            search_dirs: Sequence[Optional[str]] = ()) -> seqio.Vocabulary:
+  """The vocabulary named by ``spec``; ``"auto"`` searches for one.
+
+  Args:
+    spec: ``"byte"``, a SentencePiece model path (or a directory holding one), a
+      ``seqio.Vocabulary``, or ``"auto"``: the first of ``search_dirs`` that
+      carries a vocabulary (:func:`find_in_dir`), else ``$HYPER_TASKS_VOCABULARY``.
+    search_dirs: checkpoint directories, most specific first (``None`` and
+      non-strings, e.g. unset gin macros, are skipped).
+
+  Raises:
+    VocabularyError: ``"auto"`` found nothing, naming where it looked.
+    FileNotFoundError: a SentencePiece path that does not exist.
+  """
+  if spec != AUTO:
+    return get_vocabulary(spec)
+  looked = []
+  for directory in search_dirs:
+    if not isinstance(directory, str) or not directory:
+      continue
+    looked.append(directory)
+    found = find_in_dir(directory)
+    if found:
+      logging.info("Vocabulary: %s (from %s).", found, directory)
+      return get_vocabulary(found)
+  env = os.environ.get(VOCABULARY_ENV)
+  if env:
+    logging.info("Vocabulary: %s (from $%s).", env, VOCABULARY_ENV)
+    return get_vocabulary(env)
+  raise VocabularyError(
+      "VOCABULARY = 'auto' found no vocabulary: no vocabulary.json or "
+      f"{SPIECE} in {looked or 'any checkpoint directory (none configured)'} and "
+      f"${VOCABULARY_ENV} is unset. Set VOCABULARY='/path/to/{SPIECE}' (gin), "
+      f"${VOCABULARY_ENV}, or VOCABULARY='byte' for the byte vocabulary.")
+
+
+def size(vocabulary: seqio.Vocabulary) -> int:
+  """Number of ids the vocabulary produces (sentinels included)."""
+  return int(vocabulary.vocab_size)
+
+
+def check_fits(vocabulary: seqio.Vocabulary, model_vocab_size: int,
+               where: str = "") -> None:
+  """Refuses data tokenized with a vocabulary that does not fit the model.
+
+  Fits: every id has an embedding (``size <= model_vocab_size``) and the model's
+  embedding is not more than twice the vocabulary (T5 pads 32,100 ids to 32,128;
+  a byte vocabulary of 259 ids with a 32k-row model means the data and the model
+  come from different tokenizers).
+
+  Raises:
+    VocabularyError: naming both the vocabulary and the model's size.
+  """
+  n = size(vocabulary)
+  name = vocabulary_key(vocabulary)
+  prefix = f"{where}: " if where else ""
+  if n > model_vocab_size:
+    raise VocabularyError(
+        f"{prefix}the data vocabulary {name} has {n} ids but the model's embedding "
+        f"has {model_vocab_size} rows (models.make_model.vocab_size / the "
+        "checkpoint): ids past the embedding would be read out of range.")
+  if model_vocab_size > 2 * n:
+    hint = (" The data is tokenized with the byte vocabulary; set VOCABULARY to the "
+            "model's SentencePiece model (or 'auto' with a checkpoint that has one)."
+            if isinstance(vocabulary, seqio.ByteVocabulary) else "")
+    raise VocabularyError(
+        f"{prefix}the data vocabulary {name} has {n} ids but the model's embedding "
+        f"has {model_vocab_size} rows: the data and the model use different "
+        f"vocabularies.{hint}")
+
+
+def save_to_model_dir(vocabulary: seqio.Vocabulary, model_dir: str) -> None:
+  """Records (and for SentencePiece copies) the vocabulary into ``model_dir``, so
+  evaluation and the next stage find it (:func:`find_in_dir`).
+
+  Raises:
+    VocabularyError: ``model_dir`` already records a different vocabulary.
+  """
+  if isinstance(vocabulary, seqio.ByteVocabulary):
+    info = {"kind": BYTE, "extra_ids": int(vocabulary.extra_ids)}
+  elif isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    src = vocabulary.sentencepiece_model_file
+    info = {"kind": "sentencepiece", "file": SPIECE,
+            "extra_ids": int(vocabulary.extra_ids),
+            "sha256": None if src.startswith("gs://") else _sha256(src)}
+  else:
+    return
+  if "://" in model_dir:
+    logging.info("Vocabulary not recorded in %s (remote MODEL_DIR).", model_dir)
+    return
+  record = os.path.join(model_dir, RECORD)
+  if os.path.exists(record):
+    with open(record, encoding="utf-8") as f:
+      old = json.load(f)
+    if (old.get("kind"), old.get("sha256"), old.get("extra_ids")) != (
+        info["kind"], info.get("sha256"), info["extra_ids"]):
+      raise VocabularyError(
+          f"{record}: MODEL_DIR was trained with vocabulary {old}, the data now "
+          f"uses {vocabulary_key(vocabulary)}; use a new MODEL_DIR or the old "
+          "vocabulary.")
+    return
+  if info["kind"] == "sentencepiece":
+    dst = os.path.join(model_dir, SPIECE)
+    if os.path.abspath(src) != os.path.abspath(dst):
+      if src.startswith("gs://"):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        tf.io.gfile.copy(src, dst, overwrite=True)
+      else:
+        shutil.copyfile(src, dst)
+  with open(record, "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=1)

@@ -245,10 +245,7 @@ def load_task_records(name: str, split: str = "test", *,
 
 def task_vocabulary(name: str):
   """The targets vocabulary of `name`'s first task."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  provider = pipeline.get_provider(name)
-  task = provider.tasks[0] if isinstance(provider, seqio.Mixture) else provider
-  return task.output_features[F.TARGETS].vocabulary
+  return pipeline.task_vocabulary(name)
 
 
 # -- validation ----------------------------------------------------------------

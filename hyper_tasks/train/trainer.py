@@ -269,6 +269,15 @@ def train(*,
       raise ValueError("instruction_group_size applies to the seqio pipeline; a "
                        "dataset_fn must group (and dedupe) instructions itself.")
 
+  if dataset_fn is None:
+    from hyper_tasks.data import pipeline  # pylint: disable=g-import-not-at-top
+    from hyper_tasks.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+    pipeline.check_vocabulary([mixture_or_task_name], model.config.vocab_size,
+                              where="train")
+    if _writes_summaries():
+      vocab_lib.save_to_model_dir(pipeline.task_vocabulary(mixture_or_task_name),
+                                  model_dir)
+
   in_main_thread = threading.current_thread() is threading.main_thread()
   checkpoints.clear_preemption()
   uninstall = checkpoints.install_preemption_handler() if in_main_thread else None
