@@ -12,20 +12,41 @@ rendering is reproducible.
 
 Records. ``render`` turns a dataset row into (prompt, target, answer choices) and
 returns None where promptsource yields no usable pair (a template that does not
-apply to the row, or an unlabeled row). As in HINT, the prompt goes to both
-``hyper_inputs`` and ``inputs``: P3 has no separate instruction, so the
-hypernetwork reads the whole prompt.
+apply to the row, or an unlabeled row). ``inputs`` is the rendered prompt.
+``hyper_inputs`` is, by default (``instruction="template"``, HINT's setting),
+the template's instruction: its prompt with every row field blanked, e.g.
+``Given that [premise] Does it follow that [hypothesis] Yes, no, or maybe?``,
+identical for every example of a (dataset, template), so the hypernetwork runs
+once per template. HINT hand-edited about 2,000 prompts into such templates;
+here ``template_instruction`` derives them from the jinja by rendering it over
+placeholders (``[field]``, ``[passage.text]``; answer choices rendered over the
+same placeholders, static ones kept; a conditional on a row field shows its
+branches, ``[because... | so...]``; only the part before ``|||``). Of the 2,085
+templates in promptsource 0.2.3's 279 template files, 2,021 (96.9%) derive
+cleanly; the other 64 read row values in ways a blank cannot show (lengths of
+row lists, loops filtered on row values, a row field choosing between different
+prompt/target splits) and fall back, with a warning naming the template, to the
+per-example form. ``instruction="prompt"`` uses that form everywhere: the
+rendered prompt in both ``hyper_inputs`` and ``inputs``.
 
 Rank classification (T0's held-out evaluation): ``rank_classification`` is a seqio
 preprocessor expanding each example into one example per answer choice, with
 ``targets`` the choice, ``choice_index``, ``is_correct`` (choice == gold target)
 and ``num_choices``; all choices of an example share its ``example_id``.
 
-Few-shot. ``few_shot_record`` prepends k solved examples, rendered with the same
-template, to ``hyper_inputs`` (HINT) or, for baselines, to ``inputs``
-(``hyper_inputs`` then empty)::
+Few-shot. ``make_record`` adds k solved examples, rendered with the same
+template, before the instruction in ``hyper_inputs`` (HINT) or, for baselines,
+before the prompt in ``inputs`` (``hyper_inputs`` then empty). Two formats:
 
-  <prompt 1>\\n<target 1>\\n\\n<prompt 2>\\n<target 2>\\n\\n<prompt>
+  ``flan`` (default; HINT's FLAN-style format on P3, FLAN's few-shot defaults
+  as HINT's few-shot T0 tasks set them; the query's ``inputs`` also get the
+  ``" X"`` delimiter)::
+
+    0 <prompt 1> X 1 <target 1> X 0 <prompt 2> X 1 <target 2> X  Definition: <instr>
+
+  ``newline``::
+
+    <prompt 1>\\n<target 1>\\n\\n<prompt 2>\\n<target 2>\\n\\n<instruction>
 
 Shots come from the training split when it is available locally, otherwise from
 the same split; either way they never include the example itself, and they are a
@@ -49,6 +70,8 @@ from collections import Counter
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jinja2
+import jinja2.meta
+import jinja2.visitor
 import tensorflow as tf
 import yaml
 
@@ -206,6 +229,467 @@ def task_clean(text: str) -> str:
   return re.sub(r"[^\w\d\._]+", "_", text).strip("_")
 
 
+# --------------------------------------------------------- template instructions
+
+INSTRUCTION_TEMPLATE = "template"
+INSTRUCTION_PROMPT = "prompt"
+INSTRUCTIONS = (INSTRUCTION_TEMPLATE, INSTRUCTION_PROMPT)
+
+
+class CannotBlank(Exception):
+  """A prompt depends on a row value in a way a placeholder cannot show."""
+
+
+class _Unknown:
+  """A test on a row field (``label == 0``): true for some rows, not others."""
+  __slots__ = ("expr",)
+
+  def __init__(self, expr: str):
+    self.expr = expr
+
+  def __bool__(self):
+    raise CannotBlank(f"the truth of {self.expr!r} depends on the row")
+
+  def __str__(self):
+    raise CannotBlank(f"the value of {self.expr!r} depends on the row")
+
+
+_STR_METHODS = frozenset(m for m in dir(str) if not m.startswith("_"))
+
+
+def _name_of(value: Any) -> str:
+  if isinstance(value, _Placeholder):
+    return value.name
+  return value.expr if isinstance(value, _Unknown) else repr(value)
+
+
+def _arithmetic(symbol: str, reflected: bool = False):
+  """A binary operator of placeholders: a placeholder naming the expression."""
+
+  def method(self, other):
+    left, right = (other, self) if reflected else (self, other)
+    return _Placeholder(f"{_name_of(left)} {symbol} {_name_of(right)}")
+  return method
+
+
+class _Placeholder(str):
+  """A row field while a template is rendered into its instruction: ``[name]``.
+
+  A ``str`` (so text operations such as ``" ".join`` and ``%`` formatting work)
+  whose attribute and item access give nested placeholders (``[passage.text]``,
+  ``[choices[0]]``), whose iteration gives one placeholder standing for every
+  element, and whose slices and ``str`` methods (``premise[:-1]``,
+  ``question.strip()``) keep the field's blank. Arithmetic gives a placeholder
+  naming the expression (``[5 * label]``).
+  """
+
+  def __new__(cls, name: str):
+    obj = super().__new__(cls, f"[{name}]")
+    obj.name = name
+    return obj
+
+  def __repr__(self):
+    return f"_Placeholder({self.name!r})"
+
+  def child(self, key: Any) -> "_Placeholder":
+    if isinstance(key, slice):
+      return self
+    if isinstance(key, str) and not isinstance(key, _Placeholder):
+      return _Placeholder(f"{self.name}.{key}")
+    return _Placeholder(f"{self.name}[{_name_of(key)}]")
+
+  def __getitem__(self, key):
+    return self.child(key)
+
+  def __iter__(self):
+    yield self
+
+  def __call__(self, *args, **kwargs):
+    del args, kwargs
+    return self
+
+  def __len__(self):
+    raise CannotBlank(f"the length of {self.name!r} depends on the row")
+
+  def __add__(self, other):
+    if isinstance(other, str):
+      return str(self) + other
+    return _arithmetic("+")(self, other)
+
+  def __radd__(self, other):
+    if isinstance(other, str):
+      return other + str(self)
+    return _arithmetic("+", True)(self, other)
+
+  def __rmod__(self, other):
+    if isinstance(other, str):  # "%s" % field: formatting, not arithmetic.
+      return other % str(self)
+    return _arithmetic("%", True)(self, other)
+
+  def __neg__(self):
+    return _Placeholder(f"-{self.name}")
+
+  def __abs__(self):
+    return _Placeholder(f"abs({self.name})")
+
+  def __round__(self, ndigits=None):
+    return self
+
+  __sub__, __rsub__ = _arithmetic("-"), _arithmetic("-", True)
+  __mul__, __rmul__ = _arithmetic("*"), _arithmetic("*", True)
+  __truediv__, __rtruediv__ = _arithmetic("/"), _arithmetic("/", True)
+  __floordiv__, __rfloordiv__ = _arithmetic("//"), _arithmetic("//", True)
+  __mod__ = _arithmetic("%")
+  __pow__, __rpow__ = _arithmetic("**"), _arithmetic("**", True)
+
+
+def _unknown(value: Any) -> bool:
+  return isinstance(value, (_Placeholder, _Unknown))
+
+
+class _Choices(list):
+  """Answer choices rendered with placeholders; indices past them stay blanks."""
+
+  def __getitem__(self, key):
+    if isinstance(key, int) and not -len(self) <= key < len(self):
+      return _Placeholder(f"{ANSWER_CHOICES}[{key}]")
+    return super().__getitem__(key)
+
+
+def _alternatives(texts: Sequence[Any]) -> str:
+  """The branches a row field chooses between: one text, or ``[a | b]``."""
+  texts = [str(t) for t in texts]
+  kept = [t for t in texts if t.strip()]
+  distinct = list(dict.fromkeys(t.strip() for t in kept))
+  if not distinct:
+    return ""
+  if len(distinct) == 1:
+    return kept[0]
+  if any("|||" in t for t in distinct):
+    raise CannotBlank("a row field chooses between different prompt/target "
+                      "splits")
+  return "[" + " | ".join(distinct) + "]"
+
+
+def _if(*args):
+  """``{% if t1 %}b1{% elif t2 %}b2{% else %}b3{% endif %}`` over placeholders.
+
+  Known tests select as jinja does; a test on a row field keeps its branch as an
+  alternative (a branch the field would select for some rows).
+  """
+  *pairs, otherwise = args
+  candidates, any_unknown = [], False
+  for test, body in zip(pairs[::2], pairs[1::2]):
+    if _unknown(test):
+      any_unknown = True
+      candidates.append(body)
+    elif test:
+      candidates.append(body)
+      break
+  else:
+    candidates.append(otherwise)
+  if not any_unknown:
+    return candidates[-1]
+  return _alternatives(candidates)
+
+
+def _cond(test, then, otherwise):
+  """``then if test else otherwise`` over placeholders."""
+  if _unknown(test):
+    return _alternatives([then, otherwise])
+  return then if test else otherwise
+
+
+_COMPARE = {
+    "eq": ("==", lambda a, b: a == b), "ne": ("!=", lambda a, b: a != b),
+    "lt": ("<", lambda a, b: a < b), "lteq": ("<=", lambda a, b: a <= b),
+    "gt": (">", lambda a, b: a > b), "gteq": (">=", lambda a, b: a >= b),
+    "in": ("in", lambda a, b: a in b),
+    "notin": ("not in", lambda a, b: a not in b),
+}
+
+
+def _compare(left, *ops):
+  """A chained comparison; unknown when a row field takes part."""
+  result = True
+  for op, right in zip(ops[::2], ops[1::2]):
+    symbol, fn = _COMPARE[op]
+    if _unknown(left) or _unknown(right):
+      return _Unknown(f"{_name_of(left)} {symbol} {_name_of(right)}")
+    result = fn(left, right)
+    if not result:
+      return result
+    left = right
+  return result
+
+
+def _not(value):
+  return _Unknown(f"not {_name_of(value)}") if _unknown(value) else not value
+
+
+def _and(left, right):
+  if not _unknown(left) and not left:
+    return left
+  if not _unknown(right) and not right:
+    return right
+  if _unknown(left) or _unknown(right):
+    return _Unknown(f"{_name_of(left)} and {_name_of(right)}")
+  return right
+
+
+def _or(left, right):
+  if not _unknown(left) and left:
+    return left
+  if not _unknown(right) and right:
+    return right
+  if _unknown(left) or _unknown(right):
+    return _Unknown(f"{_name_of(left)} or {_name_of(right)}")
+  return right
+
+
+class _InstructionEnvironment(jinja2.Environment):
+  """Renders templates over placeholders; strict, so nothing is silently empty."""
+
+  def getitem(self, obj, argument):
+    if isinstance(obj, _Placeholder):
+      return obj.child(argument)
+    if _unknown(argument):  # A row field selects: its static options, or a blank.
+      values = list(obj.values()) if isinstance(obj, Mapping) else obj
+      if (isinstance(values, (list, tuple)) and values and
+          all(isinstance(v, str) and "[" not in v for v in values)):
+        return _alternatives(values)
+      name = ANSWER_CHOICES if isinstance(obj, _Choices) else _name_of(obj)
+      return _Placeholder(f"{name}[{_name_of(argument)}]")
+    if isinstance(obj, _Choices):
+      return obj[argument]
+    return super().getitem(obj, argument)
+
+  def getattr(self, obj, attribute):
+    if isinstance(obj, _Placeholder):
+      return obj if attribute in _STR_METHODS else obj.child(attribute)
+    return super().getattr(obj, attribute)
+
+
+def _test(name, value, *args):
+  """``value is <name>(args)``; unknown on a row field (except ``defined``)."""
+  if name in ("defined", "undefined"):
+    return (name == "defined") == (not isinstance(value, jinja2.Undefined))
+  if _unknown(value):
+    return _Unknown(f"{_name_of(value)} is {name}")
+  return _INSTRUCTION_ENV.tests[name](value, *args)
+
+
+def _keep_blank(fn):
+  """A filter that keeps a placeholder's blank (``int``, ``float``...)."""
+  def filter_fn(value, *args, **kwargs):
+    if _unknown(value):
+      return value
+    return fn(value, *args, **kwargs)
+  return filter_fn
+
+
+def _length(value):
+  if isinstance(value, _Placeholder):
+    return _Placeholder(f"{value.name}|length")
+  return len(value)
+
+
+def _choice_alternatives(choices):
+  if _unknown(choices):
+    return choices
+  return _alternatives(list(choices))
+
+
+def _range(*args):
+  if any(_unknown(a) for a in args):
+    return [_Placeholder("i")]
+  return range(*args)
+
+
+_INSTRUCTION_ENV = _InstructionEnvironment(loader=jinja2.BaseLoader(),
+                                           undefined=jinja2.StrictUndefined)
+_INSTRUCTION_ENV.globals.update(
+    zip=zip, range=_range, __ps_if=_if, __ps_cond=_cond, __ps_cmp=_compare,
+    __ps_not=_not, __ps_and=_and, __ps_or=_or, __ps_is=_test)
+_INSTRUCTION_ENV.filters.update(
+    choice=_choice_alternatives, most_frequent=_most_frequent, length=_length,
+    count=_length, int=_keep_blank(_INSTRUCTION_ENV.filters["int"]),
+    float=_keep_blank(_INSTRUCTION_ENV.filters["float"]))
+
+
+def _call(name: str, args: Sequence[jinja2.nodes.Expr],
+          lineno: int) -> jinja2.nodes.Call:
+  return jinja2.nodes.Call(jinja2.nodes.Name(name, "load", lineno=lineno),
+                           list(args), [], None, None, lineno=lineno)
+
+
+class _BlankTransformer(jinja2.visitor.NodeTransformer):
+  """Rewrites tests and conditionals so row fields make them unknown, not wrong.
+
+  ``{% if %}`` renders its branches into variables and lets ``_if`` choose;
+  comparisons, ``not``/``and``/``or``, ``is`` tests and ``a if t else b`` become
+  calls of the three-valued helpers above.
+  """
+
+  def __init__(self):
+    self._count = 0
+
+  def _visit_all(self, items):
+    out = []
+    for item in items:
+      new = self.visit(item)
+      if isinstance(new, jinja2.nodes.Node):
+        out.append(new)
+      elif new is not None:
+        out.extend(new)
+    return out
+
+  def visit_If(self, node):
+    branches = [node] + list(node.elif_)
+    nodes_out, args = [], []
+    for branch in branches + [None]:
+      if branch is None:
+        body = self._visit_all(node.else_)
+      else:
+        branch.test = self.visit(branch.test)
+        body = self._visit_all(branch.body)
+      name = f"__ps_branch{self._count}"
+      self._count += 1
+      nodes_out.append(jinja2.nodes.AssignBlock(
+          jinja2.nodes.Name(name, "store", lineno=node.lineno), None, body,
+          lineno=node.lineno))
+      value = jinja2.nodes.Name(name, "load", lineno=node.lineno)
+      args += [value] if branch is None else [branch.test, value]
+    nodes_out.append(jinja2.nodes.Output([_call("__ps_if", args, node.lineno)],
+                                         lineno=node.lineno))
+    return nodes_out
+
+  def visit_CondExpr(self, node):
+    node = self.generic_visit(node)
+    otherwise = node.expr2 or jinja2.nodes.Const("", lineno=node.lineno)
+    return _call("__ps_cond", [node.test, node.expr1, otherwise], node.lineno)
+
+  def visit_Compare(self, node):
+    node = self.generic_visit(node)
+    args = [node.expr]
+    for operand in node.ops:
+      args += [jinja2.nodes.Const(operand.op, lineno=node.lineno), operand.expr]
+    return _call("__ps_cmp", args, node.lineno)
+
+  def visit_Not(self, node):
+    node = self.generic_visit(node)
+    return _call("__ps_not", [node.node], node.lineno)
+
+  def visit_And(self, node):
+    node = self.generic_visit(node)
+    return _call("__ps_and", [node.left, node.right], node.lineno)
+
+  def visit_Or(self, node):
+    node = self.generic_visit(node)
+    return _call("__ps_or", [node.left, node.right], node.lineno)
+
+  def visit_Test(self, node):
+    node = self.generic_visit(node)
+    return _call("__ps_is", [jinja2.nodes.Const(node.name, lineno=node.lineno),
+                             node.node, *node.args], node.lineno)
+
+
+def _prompt_only(body: list) -> tuple[list, bool]:
+  """``body`` cut at the first ``|||`` (in text, possibly inside if/for blocks).
+
+  Returns the kept nodes and whether a ``|||`` was found; the target after it is
+  never rendered, so code that only computes the target cannot fail.
+  """
+  kept = []
+  for node in body:
+    if isinstance(node, jinja2.nodes.Output):
+      parts = []
+      for child in node.nodes:
+        if (isinstance(child, jinja2.nodes.TemplateData) and
+            "|||" in child.data):
+          parts.append(jinja2.nodes.TemplateData(child.data.split("|||")[0],
+                                                 lineno=child.lineno))
+          kept.append(jinja2.nodes.Output(parts, lineno=node.lineno))
+          return kept, True
+        parts.append(child)
+    elif isinstance(node, (jinja2.nodes.If, jinja2.nodes.For)):
+      found = False
+      for branch in [node] + list(getattr(node, "elif_", [])):
+        branch.body, cut = _prompt_only(branch.body)
+        found = found or cut
+      node.else_, cut = _prompt_only(node.else_)
+      if found or cut:
+        kept.append(node)
+        return kept, True
+    kept.append(node)
+  return kept, False
+
+
+def _render_blank(source: str, context: Mapping[str, Any],
+                  prompt_only: bool = False) -> str:
+  """``source`` rendered over placeholders for every variable it reads."""
+  ast = _INSTRUCTION_ENV.parse(source)
+  if prompt_only:
+    ast.body, _ = _prompt_only(ast.body)
+  names = jinja2.meta.find_undeclared_variables(ast)
+  ast = _BlankTransformer().visit(ast)
+  variables = {n: _Placeholder(n) for n in names
+               if n not in _INSTRUCTION_ENV.globals}
+  variables.update(context)
+  return _INSTRUCTION_ENV.from_string(ast).render(**variables)
+
+
+def blank_instruction(template: Template) -> str:
+  """The template's prompt with every row field blanked as ``[field]``.
+
+  The same for every row of the template by construction (no row is read):
+  ``{{ premise }}`` renders as ``[premise]``, ``{{ passage.text }}`` as
+  ``[passage.text]``, answer choices as the template's ``answer_choices`` over
+  the same placeholders (static choices stay as they are), and a conditional on a
+  row field as the branches it may take, ``[because | so]`` (a branch that is
+  empty for some rows is kept alone: the template then applies to the others).
+  Only the prompt (before ``|||``) is returned.
+
+  Raises:
+    CannotBlank, jinja2.TemplateError, TypeError, ...: the prompt cannot be
+      expressed without a row (the caller falls back to the rendered prompt).
+  """
+  choices = None
+  if template.answer_choices is not None:
+    try:
+      rendered = _render_blank(template.answer_choices, {})
+      choices = _Choices(c.strip() for c in rendered.split("|||"))
+    except Exception:  # pylint: disable=broad-except
+      choices = None
+    if choices is None or len(choices) < 2:
+      # Choices computed from the row (``endings | join(" ||| ")``): one blank.
+      choices = _Placeholder(ANSWER_CHOICES)
+  prompt = _render_blank(template.jinja, {ANSWER_CHOICES: choices},
+                         prompt_only=True)
+  prompt = prompt.split("|||")[0].strip()
+  if not prompt:
+    raise CannotBlank("the blanked prompt is empty")
+  return prompt
+
+
+@functools.lru_cache(maxsize=None)
+def template_instruction(template: Template) -> Optional[str]:
+  """The template-level instruction, or None (logged) where it cannot be blanked.
+
+  None means: use each example's rendered prompt (the per-example form).
+  """
+  try:
+    return blank_instruction(template)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning(
+        "P3: template %r of %s cannot be blanked into one instruction (%s: %s); "
+        "its examples use their rendered prompts as instructions.",
+        template.name, "/".join(filter(None, [template.dataset,
+                                              template.subset])),
+        type(e).__name__, e)
+    return None
+
+
 # ------------------------------------------------------------------- datasets
 
 
@@ -335,23 +819,77 @@ def render(template: Template, row: Mapping[str, Any],
   return Rendered(parts[0], parts[1], tuple(choices) if choices else None)
 
 
-def format_shots(shots: Sequence[Rendered]) -> str:
-  """``<prompt>\\n<target>`` per shot, separated by blank lines."""
-  return "\n\n".join(f"{s.prompt}\n{s.target}" for s in shots)
+FEW_SHOT_FLAN = "flan"
+FEW_SHOT_NEWLINE = "newline"
+FEW_SHOT_FORMATS = (FEW_SHOT_FLAN, FEW_SHOT_NEWLINE)
+# HINT's FLAN-style exemplar format on P3 (FLAN's few-shot defaults as HINT's
+# t0 few-shot tasks set them): "0 " before each exemplar's input, " X " after
+# it and after its target, " Definition: " before the query.
+FLAN_INPUTS_PREFIX = "0 "
+FLAN_TARGETS_PREFIX = "1 "
+FLAN_X_Y_DELIMITER = " X "
+FLAN_EXAMPLE_SEPARATOR = " X "
+FLAN_DEFINITION_SEPARATOR = " Definition: "
+
+
+def format_shots(shots: Sequence[Rendered],
+                 shot_format: str = FEW_SHOT_FLAN) -> str:
+  """The exemplars as one string, in ``shot_format`` (see the module docstring).
+
+  ``newline``: ``<prompt>\\n<target>`` per shot, separated by blank lines.
+  ``flan``: ``0 <prompt> X 1 <target> X `` per shot, concatenated.
+  """
+  if shot_format == FEW_SHOT_NEWLINE:
+    return "\n\n".join(f"{s.prompt}\n{s.target}" for s in shots)
+  if shot_format == FEW_SHOT_FLAN:
+    return "".join(
+        f"{FLAN_INPUTS_PREFIX}{s.prompt}{FLAN_X_Y_DELIMITER}"
+        f"{FLAN_TARGETS_PREFIX}{s.target}{FLAN_EXAMPLE_SEPARATOR}"
+        for s in shots)
+  raise ValueError(f"Unknown few-shot format {shot_format!r}; use one of "
+                   f"{FEW_SHOT_FORMATS}.")
+
+
+def with_shots(shots: Sequence[Rendered], query: str,
+               shot_format: str = FEW_SHOT_FLAN) -> str:
+  """The exemplars followed by ``query`` (an instruction or a prompt)."""
+  separator = ("\n\n" if shot_format == FEW_SHOT_NEWLINE
+               else FLAN_DEFINITION_SEPARATOR)
+  return format_shots(shots, shot_format) + separator + query
 
 
 def make_record(dataset: P3Dataset, template: Template, rendered: Rendered,
                 example_id: str, shots: Sequence[Rendered] = (),
                 shots_in_inputs: bool = False,
-                with_choices: bool = False) -> dict[str, Any]:
-  """One record (features.py schema); few-shot when ``shots`` are given."""
-  hyper = inputs = rendered.prompt
+                with_choices: bool = False,
+                instruction: Optional[str] = None,
+                shot_format: str = FEW_SHOT_FLAN) -> dict[str, Any]:
+  """One record (features.py schema); few-shot when ``shots`` are given.
+
+  Args:
+    dataset: the row's dataset.
+    template: the template it was rendered with.
+    rendered: the row's rendering.
+    example_id: unique per example.
+    shots: solved exemplars (rendered with the same template).
+    shots_in_inputs: put the shots in ``inputs`` (baselines; ``hyper_inputs``
+      then empty) instead of ``hyper_inputs``.
+    with_choices: add ``answer_choices`` (rank classification).
+    instruction: the template-level instruction (``template_instruction``);
+      None: the rendered prompt (the per-example form).
+    shot_format: ``flan`` (HINT's) or ``newline``.
+  """
+  hyper = rendered.prompt if instruction is None else instruction
+  inputs = rendered.prompt
   if shots:
-    context = format_shots(shots) + "\n\n" + rendered.prompt
+    if shot_format == FEW_SHOT_FLAN:
+      # HINT's few-shot tasks append the delimiter to the query's inputs too
+      # (then strip trailing spaces): "<prompt> X".
+      inputs = (rendered.prompt + FLAN_X_Y_DELIMITER).strip()
     if shots_in_inputs:
-      hyper, inputs = "", context
+      hyper, inputs = "", with_shots(shots, inputs, shot_format)
     else:
-      hyper = context
+      hyper = with_shots(shots, hyper, shot_format)
   record = F.make_example(hyper, inputs, rendered.target, dataset.task_key,
                           template=template.name, example_id=example_id)
   if with_choices:

@@ -119,6 +119,8 @@ class _TaskSpec:
   shots_in_inputs: bool = False
   max_pool: int = 1000
   seed: int = 0
+  instruction: str = p3.INSTRUCTION_TEMPLATE
+  few_shot_format: str = p3.FEW_SHOT_FLAN
 
   def records(self, split: str, shard_index: int = 0,
               num_shards: int = 1) -> Iterator[dict]:
@@ -130,6 +132,8 @@ class _TaskSpec:
       pool = _shot_pool(self.reader, self.template, pool_split, self.max_pool)
     key = self.reader.dataset.task_key
     salt = f"{key}/{self.template.id}"
+    instruction = (p3.template_instruction(self.template)
+                   if self.instruction == p3.INSTRUCTION_TEMPLATE else None)
     total = skipped = 0
     for index, row in self.reader.rows(split, shard_index, num_shards):
       total += 1
@@ -142,7 +146,8 @@ class _TaskSpec:
       yield p3.make_record(
           self.reader.dataset, self.template, rendered,
           example_id=f"{key}-{split}-{index}", shots=shots,
-          shots_in_inputs=self.shots_in_inputs, with_choices=self.score_eval)
+          shots_in_inputs=self.shots_in_inputs, with_choices=self.score_eval,
+          instruction=instruction, shot_format=self.few_shot_format)
     p3.log_skipped(f"{salt}/{split}", skipped, total)
 
   def dataset_fn(self, split, shuffle_files, seed=None, shard_info=None):
@@ -198,8 +203,9 @@ def register_t0(templates_dir: str,
                 max_shot_pool: int = 1000,
                 use_hf_datasets: bool = False,
                 seed: int = 0,
-                max_examples_per_dataset: int = MAX_EXAMPLES_PER_DATASET
-                ) -> list[str]:
+                max_examples_per_dataset: int = MAX_EXAMPLES_PER_DATASET,
+                instruction: str = p3.INSTRUCTION_TEMPLATE,
+                few_shot_format: str = p3.FEW_SHOT_FLAN) -> list[str]:
   """Registers P3 tasks and the ``t0_*`` mixtures for datasets with data.
 
   Args:
@@ -213,10 +219,26 @@ def register_t0(templates_dir: str,
     use_hf_datasets: read splits missing locally with ``datasets.load_dataset``.
     seed: shot-selection seed.
     max_examples_per_dataset: T0's cap (per dataset, shared by its templates).
+    instruction: what ``hyper_inputs`` holds: ``"template"`` (HINT's default)
+      the template's prompt with its fields blanked, one instruction per
+      (dataset, template) (``p3.template_instruction``; a template that cannot
+      be blanked falls back, with a warning, to the per-example form);
+      ``"prompt"`` each example's rendered prompt (the per-example form).
+    few_shot_format: ``"flan"`` (HINT's FLAN-style exemplars, the default) or
+      ``"newline"`` (``<prompt>\\n<target>`` blocks); see ``p3.format_shots``.
 
   Returns:
     Registered names (empty when no dataset has both templates and data).
+
+  Raises:
+    ValueError: an unknown ``instruction`` or ``few_shot_format``.
   """
+  if instruction not in p3.INSTRUCTIONS:
+    raise ValueError(f"Unknown P3 instruction {instruction!r}; use one of "
+                     f"{p3.INSTRUCTIONS}.")
+  if few_shot_format not in p3.FEW_SHOT_FORMATS:
+    raise ValueError(f"Unknown few-shot format {few_shot_format!r}; use one "
+                     f"of {p3.FEW_SHOT_FORMATS}.")
   vocabulary = vocab_lib.get_vocabulary(vocabulary)
   vkey = vocab_lib.vocabulary_key(vocabulary)
   templates_dir = os.path.abspath(os.path.expanduser(templates_dir))
@@ -251,7 +273,7 @@ def register_t0(templates_dir: str,
                           "_score_eval" if score_eval else "")
         for k, in_inputs in variants:
           spec = _TaskSpec(reader, template, score_eval, k, in_inputs,
-                           max_shot_pool, seed)
+                           max_shot_pool, seed, instruction, few_shot_format)
           name = base + _suffix(k, in_inputs)
           extra = [p3.rank_classification] if score_eval else []
           registry.add_task(

@@ -117,7 +117,9 @@ def register_all(sni_dir: Optional[str] = None,
                  sni_max_instances_per_task: int = 100,
                  sni_skip_bad_files: bool = False,
                  sni_allow_missing_tasks: bool = False,
-                 tfds_data_dir: Optional[str] = None) -> list[str]:
+                 tfds_data_dir: Optional[str] = None,
+                 p3_instruction: str = "template",
+                 p3_few_shot_format: str = "flan") -> list[str]:
   """Registers every source whose data was given, plus the embedded default.
 
   Safe to call more than once (see the module docstring).
@@ -140,6 +142,10 @@ def register_all(sni_dir: Optional[str] = None,
     sni_allow_missing_tasks: skip SNI tasks listed in a split but absent from
       ``tasks/`` (a partial copy of the repository).
     tfds_data_dir: TFDS data directory for ``c4_path="tfds"``.
+    p3_instruction: P3 ``hyper_inputs``: ``"template"`` (one blanked template
+      per (dataset, template), HINT's default) or ``"prompt"`` (each example's
+      rendered prompt); see ``p3_tasks.register_t0``.
+    p3_few_shot_format: P3 exemplars: ``"flan"`` (HINT's) or ``"newline"``.
 
   Returns:
     The task and mixture names registered.
@@ -155,7 +161,9 @@ def register_all(sni_dir: Optional[str] = None,
         allow_missing_tasks=sni_allow_missing_tasks)
   if p3_templates_dir:
     names += p3_tasks.register_t0(p3_templates_dir, data_dir=p3_data_dir,
-                                  vocabulary=vocabulary)
+                                  vocabulary=vocabulary,
+                                  instruction=p3_instruction,
+                                  few_shot_format=p3_few_shot_format)
   if c4_path:
     names += c4.register_c4(c4_path, vocabulary=vocabulary,
                             tfds_data_dir=tfds_data_dir)

@@ -200,10 +200,12 @@ def test_t0_train_mixture_applies_the_cap(tmp_path, clean_registry):
 # ----------------------------------------------------------------- few-shot
 
 
-def _register_toy(toy_p3, shots=(2,)):
+def _register_toy(toy_p3, shots=(2,), instruction="prompt",
+                  few_shot_format="newline"):
+  """The toy dataset; by default the per-example form and newline shots."""
   return p3_tasks.register_t0(
       toy_p3[0], toy_p3[1], train_datasets=(TOYDS,), eval_datasets=(TOYDS,),
-      shots=shots)
+      shots=shots, instruction=instruction, few_shot_format=few_shot_format)
 
 
 def test_registration_names(toy_p3, clean_registry):
@@ -271,7 +273,8 @@ def test_few_shot_same_split_pool_excludes_the_example(tmp_path,
       {"validation": _rows(4)})
   dataset = p3.P3Dataset("evalonly", "sub")
   p3_tasks.register_t0(templates_dir, data_dir, train_datasets=(),
-                       eval_datasets=(dataset,), shots=(3,))
+                       eval_datasets=(dataset,), shots=(3,),
+                       instruction="prompt", few_shot_format="newline")
   records = pipeline.load_examples(
       "p3_evalonly_sub_is_about_score_eval_3_shot", "validation")
   assert len(records) == 8
@@ -296,12 +299,13 @@ def test_few_shot_concat_puts_shots_in_inputs(toy_p3, clean_registry):
 def test_format_shots_hand_written():
   shots = [p3.Rendered("Q1?", "A1", None), p3.Rendered("Q2?", "A2", None)]
   record = p3.make_record(TOYDS, p3.Template("t", "x"),
-                          p3.Rendered("Q?", "A", None), "id", shots=shots)
+                          p3.Rendered("Q?", "A", None), "id", shots=shots,
+                          shot_format="newline")
   assert record[F.HYPER_INPUTS] == "Q1?\nA1\n\nQ2?\nA2\n\nQ?"
   assert record[F.INPUTS] == "Q?"
   record = p3.make_record(TOYDS, p3.Template("t", "x"),
                           p3.Rendered("Q?", "A", None), "id", shots=shots,
-                          shots_in_inputs=True)
+                          shots_in_inputs=True, shot_format="newline")
   assert (record[F.HYPER_INPUTS], record[F.INPUTS]) == (
       "", "Q1?\nA1\n\nQ2?\nA2\n\nQ?")
 
@@ -325,7 +329,8 @@ def test_real_copa_and_wsc_through_real_templates(shared_data,
                                                   clean_registry):
   names = p3_tasks.register_t0(
       str(shared_data / "p3" / "promptsource_templates"),
-      str(shared_data / "p3"), shots=(1,))
+      str(shared_data / "p3"), shots=(1,), instruction="prompt",
+      few_shot_format="newline")
   assert "t0_eval_score_eval" in names
   assert "t0_train" not in names  # No training data is present.
   mixture = seqio.get_mixture_or_task("t0_eval_score_eval")
