@@ -243,6 +243,9 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
         gin.parse_config(b)
       except (ValueError, KeyError, SyntaxError, IOError, TypeError) as e:
         raise _clear_error(e, f"gin binding {b!r}") from e
+    # User-bound macros that nothing reads are errors (hyper_tasks/gin_macros.py).
+    from hyper_tasks import gin_macros  # pylint: disable=g-import-not-at-top
+    gin_macros.check_user_macros(resolved_files, bindings)
   if finalize:
     try:
       gin.finalize()

@@ -10,9 +10,18 @@ sweep's gin files and bindings plus one ``--gin.MACRO=value`` per grid axis, wri
 machine, or, with ``--print_only``, the commands are printed for a cluster scheduler.
 ``--collect_only`` skips running. Collection reads each run's newest report in
 ``MODEL_DIR/eval_results/`` and writes ``results.md`` and ``results.csv`` in the sweep
-directory (one row per run: the grid values, then the metrics), plus TensorBoard
-hparams under ``<sweep_dir>/hparams/<run name>`` so the HParams dashboard compares
-the runs.
+directory (one row per run: the grid values, the resolved parameter values that vary
+between the runs, then the metrics), plus TensorBoard hparams under
+``<sweep_dir>/hparams/<run name>`` so the HParams dashboard compares the runs.
+
+Before anything runs (or is printed, or collected) the sweep resolves the gin
+configuration of every point in this process, without training
+(:func:`resolve_grid`): a macro nothing reads is an error naming it
+(``hyper_tasks.gin_macros``), and so are an axis whose values change no configurable
+parameter and two points that resolve to the same configuration
+(:func:`check_points_differ`), so a sweep cannot silently measure nothing.
+``--print_only`` shows, per point, the resolved values that differ from the sweep's
+base configuration (its files and bindings without the grid).
 
 The design keeps the sweep a thin layer over the train entry point: a run of a sweep
 is exactly the command a user would type, so a failing point can be re-run by hand.
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import dataclasses
 import fnmatch
 import io
 import itertools
@@ -39,13 +49,19 @@ _MACRO_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _SAFE_RE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
 
+class SweepError(ValueError):
+  """A grid that cannot be run as asked (the message names the axis and points)."""
+
+
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[Any]]]:
   """``["ADAPTER_SIZE=[8,64]", ...]`` -> ``[("ADAPTER_SIZE", [8, 64]), ...]``.
 
-  Values are Python literals (numbers, strings, booleans, None, tuples).
+  Values are Python literals that gin reads back unchanged (numbers, strings,
+  booleans, None, lists, tuples, dicts).
 
   Raises:
-    ValueError: naming the malformed spec.
+    ValueError: naming the malformed spec: not ``NAME=[...]``, an empty list, a value
+      gin cannot read, a value given twice, or an axis given twice.
   """
   axes = []
   for spec in specs:
@@ -63,6 +79,12 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[Any]]]:
                        f"{name}=[8,64].")
     if name in (a for a, _ in axes):
       raise ValueError(f"--grid names {name!r} twice.")
+    for i, value in enumerate(parsed):
+      if not is_gin_literal(value):
+        raise ValueError(f"--grid {spec!r}: {value!r} is not a gin literal (use "
+                         f"numbers, strings, booleans, None, lists, tuples, dicts).")
+      if value in parsed[:i]:
+        raise ValueError(f"--grid {spec!r}: {value!r} is given twice.")
     axes.append((name, list(parsed)))
   return axes
 
@@ -70,6 +92,16 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[Any]]]:
 def gin_literal(value: Any) -> str:
   """A Python value as gin binding text (gin reads Python literals)."""
   return repr(value)
+
+
+def is_gin_literal(value: Any) -> bool:
+  """Whether gin reads ``gin_literal(value)`` back as ``value``."""
+  from hyper_tasks import gin_macros  # pylint: disable=g-import-not-at-top
+  try:
+    parsed = gin_macros.parse_value(gin_literal(value))
+  except (SyntaxError, ValueError):
+    return False
+  return type(parsed) is type(value) and parsed == value
 
 
 def run_name(point: Mapping[str, Any]) -> str:
@@ -100,6 +132,144 @@ def train_command(point: Mapping[str, Any], model_dir: str,
   return cmd
 
 
+@dataclasses.dataclass
+class Resolution:
+  """The resolved configuration (``gin_macros.resolved_parameters``) of the sweep's
+  base (its files and bindings, no grid) and of every grid point, in order."""
+  base: dict[str, Any]
+  points: list[dict[str, Any]]
+
+  def differences(self, i: int) -> dict[str, Any]:
+    """Point ``i``'s resolved values that differ from the base."""
+    from hyper_tasks import gin_macros  # pylint: disable=g-import-not-at-top
+    return gin_macros.differences(self.base, self.points[i])
+
+  def varied(self) -> list[str]:
+    """Parameters whose resolved value is not the same in every point."""
+    keys: list[str] = []
+    for p in self.points:
+      keys += [k for k in p if k not in keys]
+    missing = object()
+    return sorted(k for k in keys
+                  if any(p.get(k, missing) != self.points[0].get(k, missing)
+                         for p in self.points[1:]))
+
+
+def _format_values(values: Mapping[str, Any]) -> str:
+  if not values:
+    return "(the base configuration)"
+  return ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+def _binding_keys(bindings: Sequence[str]) -> set[str]:
+  from hyper_tasks import gin_macros  # pylint: disable=g-import-not-at-top
+  keys = set()
+  for b in bindings:
+    try:
+      keys.update(gin_macros.bound_keys(b))
+    except SyntaxError:
+      pass  # Named when the configuration is parsed.
+  return keys
+
+
+def resolve_grid(points: Sequence[Mapping[str, Any]], gin_files: Sequence[str],
+                 bindings: Sequence[str], gin_search_paths: Sequence[str] = (),
+                 model_dir: str = "sweep") -> Resolution:
+  """Parses the configuration of the base and of every point, in this process.
+
+  Nothing is trained, no data is registered and no model is built: each point is
+  parsed exactly as its run's command parses it (``MODEL_DIR`` is ``model_dir`` for
+  all, so only the grid tells them apart), then gin is cleared again.
+
+  Raises:
+    SweepError: an axis also bound by the sweep's bindings, a configuration error
+      of the base, or of points (grouped: ``ADAPTR_SIZE: no configuration reads
+      this macro; did you mean ADAPTER_SIZE? (grid points ADAPTR_SIZE=4,
+      ADAPTR_SIZE=8)``).
+  """
+  # pylint: disable=g-import-not-at-top
+  import gin
+  from hyper_tasks import gin_macros
+  from hyper_tasks import gin_utils
+  # pylint: enable=g-import-not-at-top
+  names = list(points[0]) if points else []
+  both = sorted(set(names) & _binding_keys(bindings))
+  if both:
+    raise SweepError(f"{', '.join(both)}: both a --grid axis and a --gin binding "
+                     "of the sweep; give it once.")
+  base_bindings = list(bindings) + [f"MODEL_DIR = {gin_literal(model_dir)}"]
+
+  def resolve(extra: Sequence[str], finalize: bool) -> dict[str, Any]:
+    gin.clear_config()
+    try:
+      gin_utils.parse(gin_files, base_bindings + list(extra), gin_search_paths,
+                      finalize=finalize)
+      return gin_macros.resolved_parameters()
+    finally:
+      gin.clear_config()
+
+  try:
+    # Not finalized: the grid may be what binds a required macro.
+    base = resolve([], finalize=False)
+  except gin_utils.GinConfigError as e:
+    raise SweepError(f"the sweep's configuration (without the grid): {e}") from e
+  resolved, errors = [], {}
+  for point in points:
+    extra = [f"{k} = {gin_literal(v)}" for k, v in point.items()]
+    try:
+      resolved.append(resolve(extra, finalize=True))
+    except gin_macros.UnreadMacroError as e:
+      for message in e.problems.values():
+        errors.setdefault(message, []).append(run_name(point))
+    except gin_utils.GinConfigError as e:
+      errors.setdefault(str(e), []).append(run_name(point))
+  if errors:
+    raise SweepError("\n".join(
+        f"{message} (grid point{'s' if len(runs) > 1 else ''} {', '.join(runs)})"
+        for message, runs in errors.items()))
+  return Resolution(base, resolved)
+
+
+def check_points_differ(axes: Sequence[tuple[str, list[Any]]],
+                        points: Sequence[Mapping[str, Any]],
+                        resolution: Resolution) -> None:
+  """Refuses a grid that would measure the same configuration twice.
+
+  Raises:
+    SweepError: naming each axis whose values change no configurable parameter,
+      else each group of points that resolve to the same configuration.
+  """
+  problems = []
+  for name, values in axes:
+    if len(values) < 2:
+      continue
+    groups: dict[str, list[int]] = {}
+    for i, point in enumerate(points):
+      others = repr([(k, v) for k, v in point.items() if k != name])
+      groups.setdefault(others, []).append(i)
+    if not any(resolution.points[j] != resolution.points[g[0]]
+               for g in groups.values() for j in g[1:]):
+      problems.append(
+          f"--grid {name}={values!r}: its values change no configurable parameter "
+          f"(grid points {', '.join(run_name(p) for p in points)} differ only "
+          f"in {name}'s value)")
+  if not problems:
+    same: list[list[int]] = []
+    for i, config in enumerate(resolution.points):
+      for group in same:
+        if resolution.points[group[0]] == config:
+          group.append(i)
+          break
+      else:
+        same.append([i])
+    problems += [
+        f"grid points {', '.join(run_name(points[i]) for i in g)} resolve to the "
+        "same configuration" for g in same if len(g) > 1]
+  if problems:
+    raise SweepError("\n".join(problems) + "\nThe sweep would measure nothing "
+                     "between them; fix the grid.")
+
+
 def _run_in_process(cmd: Sequence[str]) -> int:
   """Runs a train command in this process (no interpreter start-up per run)."""
   import gin  # pylint: disable=g-import-not-at-top
@@ -117,19 +287,26 @@ def _run_in_process(cmd: Sequence[str]) -> int:
 def run_grid(points: Sequence[Mapping[str, Any]], sweep_dir: str,
              gin_files: Sequence[str], bindings: Sequence[str],
              gin_search_paths: Sequence[str] = (), print_only: bool = False,
-             out=sys.stdout, in_process: bool = False) -> dict[str, int]:
+             out=None, in_process: bool = False,
+             resolution: Optional[Resolution] = None) -> dict[str, int]:
   """Runs (or prints) every point; returns ``{run name: exit code}``.
+
+  With ``resolution``, each command is preceded by a ``# <run name>: ...`` line of
+  the point's resolved values that differ from the base configuration.
 
   A failed run does not stop the sweep: its code is recorded and it has no row in
   the results. Re-running a sweep is cheap: each run resumes from its own newest
   checkpoint in its ``MODEL_DIR``.
   """
+  out = sys.stdout if out is None else out
   codes = {}
-  for point in points:
+  for i, point in enumerate(points):
     name = run_name(point)
     cmd = train_command(point, os.path.join(sweep_dir, name), gin_files, bindings,
                         gin_search_paths)
     line = shlex.join(cmd)
+    if resolution is not None:
+      print(f"# {name}: {_format_values(resolution.differences(i))}", file=out)
     if print_only:
       print(line, file=out)
       continue
@@ -148,21 +325,27 @@ def _matches(name: str, patterns: Optional[Sequence[str]]) -> bool:
 
 
 def collect(sweep_dir: str, points: Sequence[Mapping[str, Any]],
-            metrics: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
-  """One row per run that has a report: grid values, ``step``, then metrics.
+            metrics: Optional[Sequence[str]] = None,
+            resolution: Optional[Resolution] = None) -> list[dict[str, Any]]:
+  """One row per run that has a report: grid values, the resolved parameter values
+  that vary between the points (with ``resolution``), ``step``, then metrics.
 
   Args:
     metrics: glob patterns over flattened metric names (``report.flatten_metrics``);
       None keeps all.
+    resolution: :func:`resolve_grid` of ``points``.
   """
+  varied = resolution.varied() if resolution is not None else []
   rows = []
-  for point in points:
+  for i, point in enumerate(points):
     reports = report_lib.read_reports(os.path.join(sweep_dir, run_name(point)))
     if not reports:
       continue
     step = max(reports)
     flat = report_lib.flatten_metrics(reports[step])
-    row = {"run": run_name(point), **point, "step": step}
+    row = {"run": run_name(point), **point}
+    row.update({k: resolution.points[i].get(k) for k in varied})
+    row["step"] = step
     row.update({k: v for k, v in flat.items() if _matches(k, metrics)})
     rows.append(row)
   return rows
@@ -210,7 +393,12 @@ def write_results(sweep_dir: str, rows: Sequence[Mapping[str, Any]],
                   grid_names: Sequence[str], all_metrics_in_markdown: bool = False
                   ) -> dict[str, str]:
   """Writes results.md (headline metrics unless ``all_metrics_in_markdown``),
-  results.csv (every metric) and per-run TensorBoard hparams."""
+  results.csv (every metric) and per-run TensorBoard hparams.
+
+  Args:
+    grid_names: the row keys that are hyperparameters (grid axes and resolved
+      parameter values); the other keys but ``run`` and ``step`` are metrics.
+  """
   os.makedirs(sweep_dir, exist_ok=True)
   paths = {"markdown": os.path.join(sweep_dir, "results.md"),
            "csv": os.path.join(sweep_dir, "results.csv")}
@@ -221,7 +409,7 @@ def write_results(sweep_dir: str, rows: Sequence[Mapping[str, Any]],
   hparams_root = os.path.join(sweep_dir, "hparams")
   for row in rows:
     with tensorboard.SummaryWriter(os.path.join(hparams_root, row["run"])) as w:
-      w.hparams({k: row[k] for k in grid_names})
+      w.hparams({k: row[k] for k in grid_names if k in row})
       w.scalars({k: v for k, v in row.items()
                  if k not in grid_names and k not in ("run", "step")},
                 row["step"])
@@ -266,16 +454,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     parser.error(str(e))
   points = grid_points(axes)
+  search_paths = [p for group in args.gin_search_paths for p in group.split(",")
+                  if p]
+  try:
+    resolution = resolve_grid(points, args.gin_file, args.bindings, search_paths,
+                              model_dir=args.sweep_dir)
+    check_points_differ(axes, points, resolution)
+  except SweepError as e:
+    print(f"[sweep] error: {e}", file=sys.stderr)
+    return 2
   if not args.collect_only:
     codes = run_grid(points, args.sweep_dir, args.gin_file, args.bindings,
                      args.gin_search_paths, args.print_only,
-                     in_process=args.in_process)
+                     in_process=args.in_process, resolution=resolution)
     if args.print_only:
       return 0
   else:
     codes = {}
-  rows = collect(args.sweep_dir, points, args.metrics)
-  paths = write_results(args.sweep_dir, rows, [n for n, _ in axes],
+  rows = collect(args.sweep_dir, points, args.metrics, resolution)
+  paths = write_results(args.sweep_dir, rows,
+                        [n for n, _ in axes] + resolution.varied(),
                         all_metrics_in_markdown=args.metrics is not None)
   print(to_markdown(rows if args.metrics is not None else headline(rows)))
   print(f"[sweep] {len(rows)}/{len(points)} runs collected -> {paths['markdown']}, "
