@@ -22,11 +22,11 @@ here ``template_instruction`` derives them from the jinja by rendering it over
 placeholders (``[field]``, ``[passage.text]``; answer choices rendered over the
 same placeholders, static ones kept; a conditional on a row field shows its
 branches, ``[because... | so...]``; only the part before ``|||``). Of the 2,085
-templates in promptsource 0.2.3's 279 template files, 2,021 (96.9%) derive
-cleanly; the other 64 read row values in ways a blank cannot show (lengths of
-row lists, loops filtered on row values, a row field choosing between different
-prompt/target splits) and fall back, with a warning naming the template, to the
-per-example form. ``instruction="prompt"`` uses that form everywhere: the
+templates in promptsource 0.2.3's 279 template files, 2,030 (97.4%) derive
+cleanly; the other 55 read row values in ways a blank cannot show (items
+filtered or counted by row values, ``{% set %}`` decided by a row field, a random
+pick among computed values) and fall back, with a warning naming the template, to
+the per-example form. ``instruction="prompt"`` uses that form everywhere: the
 rendered prompt in both ``hyper_inputs`` and ``inputs``.
 
 Rank classification (T0's held-out evaluation): ``rank_classification`` is a seqio
@@ -67,7 +67,7 @@ import random
 import re
 import zlib
 from collections import Counter
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jinja2
 import jinja2.meta
@@ -240,6 +240,10 @@ class CannotBlank(Exception):
   """A prompt depends on a row value in a way a placeholder cannot show."""
 
 
+class _NoLength(CannotBlank, TypeError):
+  """A row field's length was asked for."""
+
+
 class _Unknown:
   """A test on a row field (``label == 0``): true for some rows, not others."""
   __slots__ = ("expr",)
@@ -308,8 +312,21 @@ class _Placeholder(str):
     del args, kwargs
     return self
 
+  def __reversed__(self):
+    yield self
+
+  def __bool__(self):
+    return True  # Python-level truth (inside filters): a field holds something.
+
   def __len__(self):
-    raise CannotBlank(f"the length of {self.name!r} depends on the row")
+    # A TypeError too: ``list(field)`` then iterates instead of sizing first.
+    raise _NoLength(f"the length of {self.name!r} depends on the row")
+
+  def _no_order(self, other):
+    raise CannotBlank(f"the order of {self.name!r} and {_name_of(other)} "
+                      "depends on the row")
+
+  __lt__ = __le__ = __gt__ = __ge__ = _no_order
 
   def __add__(self, other):
     if isinstance(other, str):
@@ -423,6 +440,13 @@ def _compare(left, *ops):
   return result
 
 
+def _known(value):
+  """A test that must not depend on the row."""
+  if _unknown(value):
+    raise CannotBlank(f"{_name_of(value)!r} decides a {{% set %}} statement")
+  return value
+
+
 def _not(value):
   return _Unknown(f"not {_name_of(value)}") if _unknown(value) else not value
 
@@ -447,19 +471,40 @@ def _or(left, right):
   return right
 
 
+def _options(values: Iterable[Any]) -> Optional[_Placeholder]:
+  """``[a | b | c]``: one blank showing the values a row field selects from.
+
+  Placeholders show their names (``[choice1 | choice2]``); None when a value is
+  not text or a number.
+  """
+  names = []
+  for value in values:
+    if isinstance(value, _Placeholder):
+      names.append(value.name)
+    elif isinstance(value, (str, int, float)):
+      text = str(value).strip()
+      if text.startswith("[") and text.endswith("]") and text.count("[") == 1:
+        text = text[1:-1]  # A choice that is one field: its name.
+      if text:
+        names.append(text)
+    else:
+      return None
+  return _Placeholder(" | ".join(dict.fromkeys(names))) if names else None
+
+
 class _InstructionEnvironment(jinja2.Environment):
   """Renders templates over placeholders; strict, so nothing is silently empty."""
 
   def getitem(self, obj, argument):
     if isinstance(obj, _Placeholder):
       return obj.child(argument)
-    if _unknown(argument):  # A row field selects: its static options, or a blank.
-      values = list(obj.values()) if isinstance(obj, Mapping) else obj
-      if (isinstance(values, (list, tuple)) and values and
-          all(isinstance(v, str) and "[" not in v for v in values)):
-        return _alternatives(values)
-      name = ANSWER_CHOICES if isinstance(obj, _Choices) else _name_of(obj)
-      return _Placeholder(f"{name}[{_name_of(argument)}]")
+    if _unknown(argument):  # A row field selects one of known options.
+      values = obj.values() if isinstance(obj, Mapping) else obj
+      options = _options(values) if isinstance(values, Iterable) else None
+      if options is None:
+        raise CannotBlank(f"{_name_of(argument)!r} selects from a computed "
+                          f"{type(obj).__name__}")
+      return options
     if isinstance(obj, _Choices):
       return obj[argument]
     return super().getitem(obj, argument)
@@ -471,12 +516,17 @@ class _InstructionEnvironment(jinja2.Environment):
 
 
 def _test(name, value, *args):
-  """``value is <name>(args)``; unknown on a row field (except ``defined``)."""
-  if name in ("defined", "undefined"):
-    return (name == "defined") == (not isinstance(value, jinja2.Undefined))
-  if _unknown(value):
-    return _Unknown(f"{_name_of(value)} is {name}")
+  """``value is <name>(args)`` (the environment's tests know placeholders)."""
   return _INSTRUCTION_ENV.tests[name](value, *args)
+
+
+def _blank_test(name: str, fn):
+  """A jinja test that is unknown when a row field takes part."""
+  def test(value, *args):
+    if _unknown(value) or any(_unknown(a) for a in args):
+      return _Unknown(f"{_name_of(value)} is {name}")
+    return fn(value, *args)
+  return test
 
 
 def _keep_blank(fn):
@@ -489,18 +539,24 @@ def _keep_blank(fn):
 
 
 def _length(value):
+  """The ``length`` filter: a row list's length is a blank."""
   if isinstance(value, _Placeholder):
     return _Placeholder(f"{value.name}|length")
   return len(value)
 
 
-def _choice_alternatives(choices):
+def _choice(choices):
+  """The ``choice`` filter: a random pick is a blank showing the options."""
   if _unknown(choices):
     return choices
-  return _alternatives(list(choices))
+  options = _options(choices)
+  if options is None:
+    raise CannotBlank("a random choice among computed values")
+  return options
 
 
 def _range(*args):
+  """``range``: over a blank length, one blank index."""
   if any(_unknown(a) for a in args):
     return [_Placeholder("i")]
   return range(*args)
@@ -510,9 +566,13 @@ _INSTRUCTION_ENV = _InstructionEnvironment(loader=jinja2.BaseLoader(),
                                            undefined=jinja2.StrictUndefined)
 _INSTRUCTION_ENV.globals.update(
     zip=zip, range=_range, __ps_if=_if, __ps_cond=_cond, __ps_cmp=_compare,
-    __ps_not=_not, __ps_and=_and, __ps_or=_or, __ps_is=_test)
+    __ps_not=_not, __ps_and=_and, __ps_or=_or, __ps_is=_test,
+    __ps_known=_known)
+_INSTRUCTION_ENV.tests.update(
+    {name: _blank_test(name, fn) for name, fn in _INSTRUCTION_ENV.tests.items()
+     if name not in ("defined", "undefined")})
 _INSTRUCTION_ENV.filters.update(
-    choice=_choice_alternatives, most_frequent=_most_frequent, length=_length,
+    choice=_choice, random=_choice, most_frequent=_most_frequent, length=_length,
     count=_length, int=_keep_blank(_INSTRUCTION_ENV.filters["int"]),
     float=_keep_blank(_INSTRUCTION_ENV.filters["float"]))
 
@@ -546,6 +606,16 @@ class _BlankTransformer(jinja2.visitor.NodeTransformer):
 
   def visit_If(self, node):
     branches = [node] + list(node.elif_)
+    if any(True for _ in node.find_all((jinja2.nodes.Assign,
+                                        jinja2.nodes.AssignBlock))):
+      # ``{% set %}`` in a branch: only a test that does not read the row can
+      # choose (both branches' assignments cannot be shown at once).
+      for branch in branches:
+        branch.test = _call("__ps_known", [self.visit(branch.test)],
+                            node.lineno)
+        branch.body = self._visit_all(branch.body)
+      node.else_ = self._visit_all(node.else_)
+      return node
     nodes_out, args = [], []
     for branch in branches + [None]:
       if branch is None:
@@ -644,11 +714,15 @@ def blank_instruction(template: Template) -> str:
 
   The same for every row of the template by construction (no row is read):
   ``{{ premise }}`` renders as ``[premise]``, ``{{ passage.text }}`` as
-  ``[passage.text]``, answer choices as the template's ``answer_choices`` over
-  the same placeholders (static choices stay as they are), and a conditional on a
-  row field as the branches it may take, ``[because | so]`` (a branch that is
-  empty for some rows is kept alone: the template then applies to the others).
-  Only the prompt (before ``|||``) is returned.
+  ``[passage.text]``, a loop over a row list as one pass over ``[list]``;
+  answer choices are the template's ``answer_choices`` rendered over the same
+  placeholders (static ones kept; choices computed from a row list stay one
+  blank, ``[answer_choices[0]]``). Where a row value selects text, the
+  instruction shows the options: a conditional as its branches (``[because... |
+  so...]``; a branch empty for some rows is kept alone, as the template applies
+  only to the others), an index or the ``choice`` filter as the values
+  (``[Yes | No]``, ``[choice1 | choice2]``). Only the prompt (before ``|||``)
+  is rendered.
 
   Raises:
     CannotBlank, jinja2.TemplateError, TypeError, ...: the prompt cannot be

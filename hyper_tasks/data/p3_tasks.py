@@ -20,8 +20,12 @@ Mixtures:
                                          templates only, split ``validation``
   ``t0_eval_score_eval_<k>_shot[_concat]``
 
-``_concat`` variants put the shots in ``inputs`` (baselines) instead of
-``hyper_inputs``. k is 1..5 by default.
+``hyper_inputs`` is the template's instruction (``instruction="template"``, the
+default: one per (dataset, template)) or each example's rendered prompt
+(``"prompt"``); ``inputs`` is the rendered prompt. Few-shot variants put the
+shots before it in ``hyper_inputs``, ``_concat`` variants before the prompt in
+``inputs`` (baselines), in HINT's FLAN-style format or ``newline`` blocks
+(``few_shot_format``; see p3.py). k is 1..5 by default.
 
 Rows are rendered lazily in a Python generator (datasets can hold millions of
 rows; the T0 cap is applied by the mixture rates, as in T0), so registration only

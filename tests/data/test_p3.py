@@ -390,3 +390,196 @@ def test_real_template_files_all_parse(shared_data):
                                        dataset.subset)):
       for t in p3.load_templates(str(root), dataset.name, dataset.subset):
         assert t._compiled is not None  # pylint: disable=protected-access
+
+
+# ------------------------------------------------- template-level instructions
+
+
+def test_template_instructions_of_the_toy_templates(toy_p3):
+  t = {x.name: x for x in p3.load_templates(toy_p3[0], "toyds", "sub")}
+  assert p3.template_instruction(t["is about"]) == 'Is "[sentence]" about [topic]?'
+  # Answer choices are rendered over the same placeholders.
+  assert p3.template_instruction(t["a topic"]) == (
+      "[sentence]\nTopic: [topic] or something else?")
+  assert p3.template_instruction(t["generate"]) == "Write a sentence about [topic]."
+
+
+@pytest.mark.parametrize("jinja, choices, expected", [
+    # Nested fields, filters, str methods, slices.
+    ("{{ passage.text | trim }} {{ question.strip() }} {{ answers['text'][0] }}"
+     " {{ premise[:-1] | lower }}. ||| {{ label }}", None,
+     "[passage.text] [question] [answers.text[0]] [premise]."),
+    # Static answer choices are kept; the target part is never rendered.
+    ("{{ premise }} {{ answer_choices | join(' or ') }}? ||| "
+     "{{ answer_choices[label] }}", "Yes ||| No", "[premise] Yes or No?"),
+    # A conditional on a row field shows the branches it may take.
+    ('{{ premise }} {% if question == "cause" %}because{% else %}so'
+     '{% endif %} ||| x', None, "[premise] [because | so]"),
+    # A branch empty for some rows: the template applies to the others.
+    ('{% if question == "effect" %}{{ premise }} What next? ||| x{% endif %}',
+     None, "[premise] What next?"),
+    # Loops over a row list: one element stands for all of them.
+    ("{% for c in choices %}- {{ c }}\n{% endfor %}Pick one. ||| x", None,
+     "- [choices]\nPick one."),
+    # Known values still select as jinja does.
+    ('{% set n = 2 %}{% if n > 1 %}many{% else %}one{% endif %} {{ x }} ||| y',
+     None, "many [x]"),
+    # Row-derived answer choices stay one blank, indexed.
+    ("{{ ctx }} (a) {{ answer_choices[0] }} (b) {{ answer_choices[1] }} ||| x",
+     '{{ endings | join(" ||| ") }}', "[ctx] (a) [answer_choices[0]] "
+     "(b) [answer_choices[1]]"),
+])
+def test_blank_instruction_constructs(jinja, choices, expected):
+  template = p3.Template(name="t", jinja=jinja, answer_choices=choices)
+  assert p3.blank_instruction(template) == expected
+
+
+def test_unblankable_template_falls_back_to_the_prompt(tmp_path, caplog,
+                                                       clean_registry):
+  # A loop filtered on a row value: how many items it shows depends on the row.
+  jinja = ('Is "{{ sentence }}" about {% for t in ["cats", "dogs", "birds"] '
+           'if t != topic %}{{ t }} or {% endfor %}nothing? ||| '
+           '{{ answer_choices[label] }}')
+  yaml_text = textwrap.dedent(f"""\
+      dataset: odd
+      templates:
+        id-x: !Template
+          answer_choices: no ||| yes
+          id: id-x
+          jinja: '{jinja}'
+          metadata: !TemplateMetadata
+            original_task: true
+          name: other topics
+      """)
+  templates_dir, data_dir = _write_dataset(tmp_path, "odd", "sub", yaml_text,
+                                           {"validation": _rows(4)})
+  template = p3.load_templates(templates_dir, "odd", "sub")[0]
+  with caplog.at_level("WARNING"):
+    assert p3.template_instruction(template) is None
+  assert "'other topics'" in caplog.text and "odd/sub" in caplog.text
+  p3_tasks.register_t0(templates_dir, data_dir, train_datasets=(),
+                       eval_datasets=(p3.P3Dataset("odd", "sub"),), shots=())
+  records = pipeline.load_examples("p3_odd_sub_other_topics_score_eval",
+                                   "validation")
+  assert len(records) == 8
+  assert all(r[F.HYPER_INPUTS] == r[F.INPUTS] for r in records)
+  assert len({r[F.HYPER_INPUTS] for r in records}) == 4
+
+
+def test_template_instruction_is_the_default(toy_p3, clean_registry):
+  p3_tasks.register_t0(toy_p3[0], toy_p3[1], train_datasets=(TOYDS,),
+                       eval_datasets=(TOYDS,), shots=())
+  for name, split in (("p3_toyds_sub_is_about_score_eval", "validation"),
+                      ("p3_toyds_sub_is_about", "train")):
+    records = pipeline.load_examples(name, split)
+    assert {r[F.HYPER_INPUTS] for r in records} == {
+        'Is "[sentence]" about [topic]?'}
+    assert len({r[F.INPUTS] for r in records}) == len(records) // (
+        2 if split == "validation" else 1)
+    assert records[0][F.INPUTS] == 'Is "Sentence number {}." about cats?'.format(
+        100 if split == "validation" else 0)
+  with pytest.raises(ValueError, match="instruction"):
+    p3_tasks.register_t0(toy_p3[0], toy_p3[1], instruction="shots")
+  with pytest.raises(ValueError, match="few-shot format"):
+    p3_tasks.register_t0(toy_p3[0], toy_p3[1], few_shot_format="gpt3")
+
+
+def test_flan_few_shot_format_hand_written():
+  shots = [p3.Rendered("Q1?", "A1", None), p3.Rendered("Q2?", "A2", None)]
+  rendered = p3.Rendered("Q?", "A", None)
+  flan = p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+                        shots=shots, instruction="Answer [q].")
+  # HINT's FLAN-style exemplars before the instruction; " X" after the query.
+  assert flan[F.HYPER_INPUTS] == (
+      "0 Q1? X 1 A1 X 0 Q2? X 1 A2 X  Definition: Answer [q].")
+  assert flan[F.INPUTS] == "Q? X"
+  newline = p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+                           shots=shots, instruction="Answer [q].",
+                           shot_format="newline")
+  assert newline[F.HYPER_INPUTS] == "Q1?\nA1\n\nQ2?\nA2\n\nAnswer [q]."
+  assert newline[F.INPUTS] == "Q?"
+  concat = p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+                          shots=shots, shots_in_inputs=True,
+                          instruction="Answer [q].")
+  assert (concat[F.HYPER_INPUTS], concat[F.INPUTS]) == (
+      "", "0 Q1? X 1 A1 X 0 Q2? X 1 A2 X  Definition: Q? X")
+  # Zero-shot records are the same in both formats.
+  assert (p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id") ==
+          p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+                         shot_format="newline"))
+
+
+def test_flan_format_in_registered_tasks(toy_p3, clean_registry):
+  _register_toy(toy_p3, instruction="template", few_shot_format="flan")
+  instruction = 'Is "[sentence]" about [topic]?'
+  labels = ["no", "yes"]
+  shot_texts = {f"0 {_prompt_of(r)} X 1 {labels[r['label']]} X "
+                for r in _rows(9)}
+  records = pipeline.load_examples("p3_toyds_sub_is_about_score_eval_2_shot",
+                                   "validation")
+  assert len(records) == 12
+  for r in records:
+    shots, query = r[F.HYPER_INPUTS].split(" Definition: ")
+    assert query == instruction
+    parts = [s + " X " for s in shots.split(" X 0 ")]
+    parts = [parts[0], "0 " + parts[1][:-3]]
+    assert all(p in shot_texts for p in parts), parts
+    assert r[F.INPUTS].endswith("? X")
+  concat = pipeline.load_examples(
+      "p3_toyds_sub_is_about_score_eval_2_shot_concat", "validation")
+  assert [c[F.INPUTS] for c in concat] == [
+      h[F.HYPER_INPUTS][:-len(instruction)] + h[F.INPUTS] for h in records]
+
+
+def test_real_held_out_templates_give_one_instruction_per_task(
+    shared_data, clean_registry):
+  root = str(shared_data / "p3" / "promptsource_templates")
+  data = str(shared_data / "p3")
+  # Every example of every COPA / WSC template: one instruction per template.
+  for dataset in (p3.P3Dataset("super_glue", "copa"),
+                  p3.P3Dataset("super_glue", "wsc.fixed", aliases=("wsc",))):
+    path = p3.find_data_file(data, dataset, "validation")
+    rows = [row for _, row in p3.iter_jsonl(path)]
+    templates = [t for t in p3.load_templates(root, dataset.name,
+                                              dataset.subset)
+                 if t.original_task]
+    assert len(templates) >= 10
+    for template in templates:
+      instruction = p3.template_instruction(template)
+      assert instruction and "[" in instruction, template.name
+      hyper = set()
+      for i, row in enumerate(rows):
+        rendered = p3.render(template, row)
+        if rendered is not None:
+          hyper.add(p3.make_record(dataset, template, rendered, str(i),
+                                   instruction=instruction)[F.HYPER_INPUTS])
+      assert hyper == {instruction}, template.name
+  # And through a registered score_eval task (all 100 COPA examples).
+  p3_tasks.register_t0(root, data, shots=())
+  records = pipeline.load_examples("p3_super_glue_copa_exercise_score_eval",
+                                   "validation")
+  assert len(records) == 200
+  assert {r[F.HYPER_INPUTS] for r in records} == {
+      "Exercise: choose the most plausible alternative.\n\n"
+      "[premise] [because... | so...]\n- [choice1]\n- [choice2]"}
+  assert records[0][F.INPUTS] == (
+      "Exercise: choose the most plausible alternative.\n\n"
+      "The man turned on the faucet.  so... \n"
+      "- The toilet filled with water.\n- Water flowed from the spout.")
+
+
+def test_real_template_files_derive_instructions(shared_data):
+  """Derives every promptsource 0.2.3 template's instruction (p3.py docstring)."""
+  root = shared_data / "p3" / "promptsource_templates"
+  ok = total = 0
+  for path in sorted(root.glob("**/templates.yaml")):
+    rel = path.parent.relative_to(root).parts
+    for t in p3.load_templates(str(root), rel[0],
+                               rel[1] if len(rel) > 1 else None):
+      total += 1
+      try:
+        ok += bool(p3.blank_instruction(t))
+      except Exception:  # pylint: disable=broad-except
+        pass
+  assert total == 2085
+  assert ok == 2030  # 97.4%; the rest fall back to the per-example form.

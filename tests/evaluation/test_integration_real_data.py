@@ -47,7 +47,10 @@ def real(shared_data):
       sni_dir=str(shared_data / "sni"),
       p3_templates_dir=str(shared_data / "p3" / "promptsource_templates"),
       p3_data_dir=str(shared_data / "p3"), vocabulary=vocab,
-      sni_allow_missing_tasks=True)
+      sni_allow_missing_tasks=True,
+      # The per-example form (template-level instructions, the default, are
+      # checked in test_p3_template_instructions.py).
+      p3_instruction="prompt")
   model = builders.make_model(
       hypernet="hint", size="tiny", vocab_size=32128, dropout_rate=0.0,
       peft_spec=builders.make_peft_spec(adapter_size=4),
@@ -129,8 +132,8 @@ def test_copa_and_wsc_rank_classification_through_real_templates(real):
   assert overall["num_examples"] == report["num_examples"] == 2 * sum(
       len(t) for t in rank["per_template"].values())
   assert report["generation"] == {}
-  # P3 prompts contain the instance, so every example is its own instruction,
-  # shared by its answer choices.
+  # With p3_instruction="prompt" the instruction contains the instance, so
+  # every example is its own instruction, shared by its answer choices.
   rows = report["num_rank_classification_rows"]
   assert report["hypernet_calls"] == report["num_examples"]
   assert report["cache_hits"] == rows - report["num_examples"]
