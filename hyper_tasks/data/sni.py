@@ -35,8 +35,17 @@ the comparison fair. Targets and references are identical across formats.
 
 Format names: ``[concat_][def][_pos_K][_neg_K][_expl]``, e.g. ``def``,
 ``def_pos_2``, ``concat_def_pos_2_neg_2_expl``, ``concat_pos_2`` (examples only).
-Unlike Tk-Instruct, examples are never dropped to fit a token budget here: the
-feature converter truncates and reports it.
+
+Token budget (optional, Tk-Instruct's rule): given a budget per feature and a token
+counter, demonstrations are added one at a time and the first that would make the
+text exceed its budget ends that kind (positives, then negatives; later ones are
+not tried), so a demonstration is either whole or absent, never cut mid-example.
+The budget of a HINT format's instruction is the ``hyper_inputs`` length (the
+definition and examples alone, as HINT's code packs them); that of a ``concat``
+format is the ``inputs`` length, counted with the instance part, as Tk-Instruct
+counts its source. Counts include the EOS seqio appends. The definition and the
+instance are always kept (the feature converter truncates what is still too long
+and reports it). Without a budget nothing is dropped.
 """
 from __future__ import annotations
 
@@ -48,9 +57,12 @@ import random
 import re
 import string
 import zlib
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from hyper_tasks.data import features as F
+
+# text -> its length in tokens, EOS included (see token_counter).
+TokenCounter = Callable[[str], int]
 
 DEFAULT_MAX_INSTANCES = 100
 DEFAULT_MAX_VALIDATION = 10
@@ -402,13 +414,47 @@ def instance_part(instance_input: str) -> str:
   return text + "\nOutput: "
 
 
-def instruction_part(task: SniTask, fmt: SniFormat) -> str:
-  """Definition and example parts of ``fmt`` (empty if it has none)."""
+def token_counter(vocabulary) -> TokenCounter:
+  """Counts tokens as the task will: ``vocabulary.encode`` plus the EOS seqio
+  appends (as Tk-Instruct's ``len(tokenizer(text)["input_ids"])`` counts ``</s>``)."""
+  return lambda text: len(vocabulary.encode(text)) + 1
+
+
+def instruction_part(task: SniTask, fmt: SniFormat, budget: Optional[int] = None,
+                     count_tokens: Optional[TokenCounter] = None,
+                     suffix: str = "") -> str:
+  """Definition and example parts of ``fmt`` (empty if it has none).
+
+  Args:
+    task, fmt: what to build.
+    budget: with ``count_tokens``, Tk-Instruct's rule (module docstring): a
+      demonstration is kept only if ``count_tokens(text so far + it + suffix)`` stays
+      within ``budget``; the first one that does not fit ends its kind. None: every
+      demonstration of ``fmt`` is kept.
+    count_tokens: see :func:`token_counter`.
+    suffix: text that follows in the same feature (a concat format's instance).
+  Raises:
+    ValueError: a budget without a counter.
+  """
   text = definition_part(task.definition) if fmt.definition else ""
-  for i, demo in enumerate(task.positive_examples[:fmt.num_pos]):
-    text += demonstration_part(demo, i + 1, "Positive", fmt.explanation)
-  for i, demo in enumerate(task.negative_examples[:fmt.num_neg]):
-    text += demonstration_part(demo, i + 1, "Negative", fmt.explanation)
+  kinds = (("Positive", task.positive_examples[:fmt.num_pos]),
+           ("Negative", task.negative_examples[:fmt.num_neg]))
+  parts = [[demonstration_part(d, i + 1, kind, fmt.explanation)
+            for i, d in enumerate(demos)] for kind, demos in kinds]
+  if budget is None:
+    return text + "".join(p for ps in parts for p in ps)
+  if count_tokens is None:
+    raise ValueError("instruction_part: a token budget needs count_tokens.")
+  everything = text + "".join(p for ps in parts for p in ps)
+  # Fast path: when everything fits, every shorter prefix fits too (demonstrations
+  # are whitespace-delimited, so dropping one never lengthens the tokenization).
+  if count_tokens(everything + suffix) <= budget:
+    return everything
+  for kind_parts in parts:
+    for part in kind_parts:
+      if count_tokens(text + part + suffix) > budget:
+        break
+      text += part
   return text
 
 
@@ -424,14 +470,31 @@ def choose_target(instance: Instance) -> str:
                           len(instance.outputs)]
 
 
-def format_instance(task: SniTask, instance: Instance,
-                    fmt: SniFormat) -> dict[str, Any]:
-  """One record (features.py schema) of ``instance`` in format ``fmt``."""
-  instruction = instruction_part(task, fmt)
+def format_instance(task: SniTask, instance: Instance, fmt: SniFormat,
+                    budget: Optional[Mapping[str, int]] = None,
+                    count_tokens: Optional[TokenCounter] = None,
+                    instruction: Optional[str] = None) -> dict[str, Any]:
+  """One record (features.py schema) of ``instance`` in format ``fmt``.
+
+  Args:
+    budget: token budgets by feature (``hyper_inputs`` for a HINT format's
+      instruction, ``inputs`` for a concat format's whole input; e.g. the task
+      feature lengths); demonstrations that do not fit are dropped whole
+      (module docstring). None or a missing key: no dropping.
+    count_tokens: see :func:`token_counter` (needed with a budget).
+    instruction: the HINT format's instruction part when already built (it
+      depends only on the task).
+  """
+  budget = budget or {}
   query = instance_part(instance.input)
   if fmt.concat:
-    hyper, inputs = "", instruction + query
+    hyper = ""
+    inputs = instruction_part(task, fmt, budget.get("inputs"), count_tokens,
+                              suffix=query) + query
   else:
+    if instruction is None:
+      instruction = instruction_part(task, fmt, budget.get("hyper_inputs"),
+                                     count_tokens)
     hyper, inputs = instruction, query
   return F.make_example(
       hyper, inputs, choose_target(instance), task.name,
@@ -440,11 +503,19 @@ def format_instance(task: SniTask, instance: Instance,
 
 
 def format_tasks(tasks: Sequence[SniTask], fmt: SniFormat,
-                 validation: bool = False) -> list[dict[str, Any]]:
-  """Records of every selected instance of ``tasks``, task by task."""
+                 validation: bool = False,
+                 budget: Optional[Mapping[str, int]] = None,
+                 count_tokens: Optional[TokenCounter] = None
+                 ) -> list[dict[str, Any]]:
+  """Records of every selected instance of ``tasks``, task by task (``budget``,
+  ``count_tokens``: see :func:`format_instance`)."""
   out = []
   for task in tasks:
     chosen = task.validation_instances if validation else task.instances
-    out.extend(format_instance(task, inst, fmt) for inst in chosen
-               if inst.outputs)
+    instruction = None
+    if not fmt.concat:  # the same for every instance of the task
+      instruction = instruction_part(task, fmt, (budget or {}).get("hyper_inputs"),
+                                     count_tokens)
+    out.extend(format_instance(task, inst, fmt, budget, count_tokens, instruction)
+               for inst in chosen if inst.outputs)
   return out

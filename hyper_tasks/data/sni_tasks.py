@@ -14,12 +14,16 @@ For a directory in the official layout and each format ``<fmt>`` (sni.py), with
 Every format reads the same instances, so scores compare across formats. Files are
 read when a dataset is first built (not at registration), once per process and
 configuration, whichever formats use them.
+
+``demonstration_budget`` (e.g. ``%TASK_FEATURE_LENGTHS``, bound by the SNI
+experiments) turns on Tk-Instruct's rule of dropping demonstrations that do not fit
+(sni.py), counted with the task's vocabulary.
 """
 from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import gin
 
@@ -29,6 +33,10 @@ from hyper_tasks.data import sources
 from hyper_tasks.data import vocab as vocab_lib
 
 EMBEDDED_SNI_DIR = os.path.join(os.path.dirname(__file__), "embedded", "sni")
+# Features whose length can bound the demonstrations (sni.format_instance).
+BUDGET_FEATURES = ("hyper_inputs", "inputs")
+# vocabulary_key -> vocabulary, for counting tokens inside the cached builders.
+_VOCABULARIES: dict = {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -44,16 +52,37 @@ def _load(sni_dir: str, which: str, split_name: str, max_instances: int,
 
 
 @functools.lru_cache(maxsize=64)
-def _records(load_args: tuple, which: str, fmt_name: str,
-             validation: bool) -> tuple[dict, ...]:
+def _records(load_args: tuple, which: str, fmt_name: str, validation: bool,
+             budget: tuple = (), vkey: str = "") -> tuple[dict, ...]:
   tasks = _load(load_args[0], which, *load_args[1:])
+  counter = sni.token_counter(_VOCABULARIES[vkey]) if budget else None
   return tuple(sni.format_tasks(tasks, sni.parse_format(fmt_name),
-                                validation=validation))
+                                validation=validation, budget=dict(budget) or None,
+                                count_tokens=counter))
 
 
-def _split_records(load_args: tuple, which: str, fmt_name: str,
-                   split: str) -> tuple[dict, ...]:
-  return _records(load_args, which, fmt_name, split == "validation")
+def _split_records(load_args: tuple, which: str, fmt_name: str, split: str,
+                   budget: tuple = (), vkey: str = "") -> tuple[dict, ...]:
+  return _records(load_args, which, fmt_name, split == "validation", budget, vkey)
+
+
+def budget_items(demonstration_budget: Optional[Mapping[str, int]]) -> tuple:
+  """The hashable ``((feature, tokens), ...)`` form of a budget (other keys, such as
+  ``targets``, are ignored).
+
+  Raises:
+    ValueError: a length that is not a positive integer.
+  """
+  items = []
+  for key in BUDGET_FEATURES:
+    value = (demonstration_budget or {}).get(key)
+    if value is None:
+      continue
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f"register_sni: demonstration_budget[{key!r}] must be a "
+                       f"positive integer, got {value!r}.")
+    items.append((key, value))
+  return tuple(items)
 
 
 @gin.configurable(module="hyper_tasks.data")
@@ -69,7 +98,9 @@ def register_sni(sni_dir: str,
                  english_only: bool = True,
                  skip_bad_files: bool = False,
                  allow_missing_tasks: bool = False,
-                 shuffle_buffer_size: int = 1000) -> list[str]:
+                 shuffle_buffer_size: int = 1000,
+                 demonstration_budget: Optional[Mapping[str, int]] = None
+                 ) -> list[str]:
   """Registers ``<prefix>_<fmt>_{train,test}`` tasks and ``<prefix>_<fmt>`` mixtures.
 
   Args:
@@ -88,6 +119,10 @@ def register_sni(sni_dir: str,
       ``tasks/`` (a partial copy); otherwise they fail.
     shuffle_buffer_size: seqio shuffle buffer after tokenization (the source
       already shuffles the whole split).
+    demonstration_budget: token budgets by feature (``hyper_inputs``, ``inputs``;
+      e.g. the task feature lengths): demonstrations that do not fit are dropped
+      whole, as Tk-Instruct does (sni.py). None: every demonstration is kept and
+      the feature converter truncates.
 
   Returns:
     Registered names.
@@ -104,6 +139,8 @@ def register_sni(sni_dir: str,
                max_validation_per_task, seed, english_only, skip_bad_files,
                allow_missing_tasks)
   vkey = vocab_lib.vocabulary_key(vocabulary)
+  _VOCABULARIES[vkey] = vocabulary
+  budget = budget_items(demonstration_budget)
   names = []
   for fmt_name in formats:
     sni.parse_format(fmt_name)  # Validate the name now.
@@ -111,10 +148,11 @@ def register_sni(sni_dir: str,
     for which, splits in (("train", ("train", "validation")),
                           ("test", ("test",))):
       name = f"{prefix}_{fmt_name}_{which}"
-      fn = sources.records_fn(
-          functools.partial(_split_records, load_args, which, fmt_name))
+      fn = sources.records_fn(functools.partial(
+          _split_records, load_args, which, fmt_name, budget=budget, vkey=vkey))
       registry.add_task(
-          name, ("sni", load_args, which, fmt_name, shuffle_buffer_size, vkey),
+          name, ("sni", load_args, which, fmt_name, shuffle_buffer_size, vkey,
+                 budget),
           functools.partial(sources.text_task_kwargs,
                             sources.RecordsSource(fn, splits), vocabulary,
                             shuffle_buffer_size=shuffle_buffer_size))

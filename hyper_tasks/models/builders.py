@@ -49,6 +49,8 @@ def _tuple(name: str, value) -> tuple:
 @gin.configurable(module=_GIN_MODULE)
 def make_peft_spec(adapter_size: int = 0,
                    adapter_sites: Sequence[str] = ("encoder_mlp", "decoder_mlp"),
+                   adapter_bias: bool = False,
+                   adapter_activation: str = "relu",
                    num_prefix_tokens: int = 0,
                    prefix_sites: Sequence[str] = ATTENTION_SITES,
                    lora_rank: int = 0,
@@ -61,7 +63,9 @@ def make_peft_spec(adapter_size: int = 0,
   """A :class:`PeftSpec` from flat settings; a size of 0 (or ``ia3=False``) = off.
 
   Args:
-    adapter_size: bottleneck width of parallel adapters at ``adapter_sites``.
+    adapter_size: bottleneck width of parallel adapters at ``adapter_sites``;
+      ``adapter_bias`` adds down/up biases and ``adapter_activation`` is ``relu`` or
+      ``gelu`` (HINT: biases and GELU, ``gin/peft/hint_default.gin``).
     num_prefix_tokens: key/value prefix length at ``prefix_sites``.
     lora_rank: rank of LoRA on every target in ``lora_targets`` (q, k, v, o, wi,
       wo) at ``lora_sites``; ``lora_alpha`` sets the ``alpha / r`` scale (None: 1).
@@ -75,7 +79,8 @@ def make_peft_spec(adapter_size: int = 0,
   lora_rank = _size("lora_rank", lora_rank)
   prompt_tokens = _size("prompt_tokens", prompt_tokens)
   return PeftSpec(
-      adapter=(AdapterSpec(adapter_size, _tuple("adapter_sites", adapter_sites))
+      adapter=(AdapterSpec(adapter_size, _tuple("adapter_sites", adapter_sites),
+                           bool(adapter_bias), adapter_activation)
                if adapter_size else None),
       prefix=(PrefixSpec(num_prefix_tokens, _tuple("prefix_sites", prefix_sites))
               if num_prefix_tokens else None),
@@ -114,6 +119,7 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
                vocab_size: Optional[int] = None,
                dropout_rate: Optional[float] = None, z_loss: float = 1e-4,
                label_smoothing: float = 0.0,
+               loss_normalizing_factor: Any = "num_real_target_tokens",
                hypernet_kwargs: Optional[dict] = None,
                config_overrides: Optional[dict] = None) -> EncoderDecoderModel:
   """A (hyper-)T5 wrapped in the t5x-like model API.
@@ -126,6 +132,9 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
     instruction_fusion: decoder also cross-attends to the encoded instruction.
     static_peft: learn the spec's slots under ``peft/`` (needs hypernet="none").
     no_instruction: control: the hypernetwork always sees a fixed instruction.
+    z_loss, label_smoothing, loss_normalizing_factor: the loss, as t5x's
+      ``EncoderDecoderModel`` (see :class:`EncoderDecoderModel`; t5x's ``None``
+      sums the token losses, which is HINT's setting).
     hypernet_kwargs: options for :func:`~hyper_tasks.models.hypernets.make_hypernet`.
     config_overrides: further ``T5Config`` fields (e.g. ``num_encoder_layers``).
   Raises:
@@ -154,4 +163,5 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
   module = Transformer(cfg, spec, net, static_peft=static_peft,
                        instruction_fusion=instruction_fusion,
                        no_instruction=no_instruction)
-  return EncoderDecoderModel(module, z_loss=z_loss, label_smoothing=label_smoothing)
+  return EncoderDecoderModel(module, z_loss=z_loss, label_smoothing=label_smoothing,
+                             loss_normalizing_factor=loss_normalizing_factor)

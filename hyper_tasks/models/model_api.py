@@ -15,7 +15,7 @@ cache. ``adaptation`` may be per task (no batch axis) or per example.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -27,10 +27,38 @@ from hyper_tasks.models.losses import cross_entropy_with_z_loss, token_log_likel
 from hyper_tasks.models.transformer import Transformer
 
 Batch = Mapping[str, Any]
+# Data-dependent loss normalisers (t5x's SpecialLossNormalizingFactor names, which
+# are accepted in any case); "sum" is t5x's None: no normalisation.
+LOSS_NORMALIZERS = ("num_real_target_tokens", "num_total_target_tokens", "sum")
 _SEGMENT_KEYS = {"encoder_segment_ids": "encoder_segment_ids",
                  "decoder_segment_ids": "decoder_segment_ids",
                  "encoder_positions": "encoder_positions",
                  "decoder_positions": "decoder_positions"}
+
+
+def check_loss_normalizing_factor(factor: Any) -> Union[str, float]:
+  """The canonical form of a t5x ``loss_normalizing_factor``.
+
+  Args:
+    factor: None or ``"sum"`` (t5x's None: the summed token losses, HINT's setting),
+      a positive number (t5x's constant, e.g. ``2048 * 114 = 233472`` for T5's
+      pretraining batch), ``"num_real_target_tokens"`` (mean over the weighted
+      target tokens) or ``"num_total_target_tokens"`` (over every target position,
+      padding included); names in any case.
+  Returns:
+    ``"sum"``, a float, or one of the names, lower case.
+  Raises:
+    ValueError: anything else.
+  """
+  if factor is None:
+    return "sum"
+  if isinstance(factor, str) and factor.lower() in LOSS_NORMALIZERS:
+    return factor.lower()
+  if (isinstance(factor, (int, float)) and not isinstance(factor, bool)
+      and factor > 0):
+    return float(factor)
+  raise ValueError(f"loss_normalizing_factor={factor!r}: use None ('sum'), a "
+                   f"positive constant, or one of {LOSS_NORMALIZERS[:2]}.")
 
 
 class EncoderDecoderModel:
@@ -40,8 +68,10 @@ class EncoderDecoderModel:
     module: the flax network.
     z_loss: t5x's auxiliary ``log(Z)^2`` coefficient.
     label_smoothing: target smoothing.
-    loss_normalizing_factor: "num_real_target_tokens" (mean over weighted tokens),
-      "sum", or a float constant (t5x's fixed normaliser).
+    loss_normalizing_factor: what the summed weighted token loss is divided by, as
+      in t5x (:func:`check_loss_normalizing_factor`): "num_real_target_tokens"
+      (mean over weighted tokens, the default), "num_total_target_tokens", None or
+      "sum" (no division, t5x's None and HINT's setting), or a constant.
     vocabulary: optional seqio vocabulary, for ``predict_text`` helpers elsewhere.
   """
 
@@ -53,7 +83,8 @@ class EncoderDecoderModel:
     self.config = module.config
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
-    self.loss_normalizing_factor = loss_normalizing_factor
+    self.loss_normalizing_factor = check_loss_normalizing_factor(
+        loss_normalizing_factor)
     self.vocabulary = vocabulary
 
   @property
@@ -94,8 +125,10 @@ class EncoderDecoderModel:
     """Weighted token cross-entropy (+ z-loss).
 
     Returns:
-      (loss scalar, metrics dict: loss, z_loss, accuracy, num_tokens, num_examples,
-      weight_sum) — sums where the trainer should sum across microbatches.
+      (loss scalar, metrics dict: loss, z_loss, accuracy, loss_per_token (the loss
+      per weighted target token whatever the normaliser, so runs with different
+      normalisers compare), num_tokens, num_examples) — sums where the trainer
+      should sum across microbatches.
     """
     logits = self._logits(params, batch, dropout_rng=dropout_rng)
     targets = batch["decoder_target_tokens"]
@@ -106,24 +139,27 @@ class EncoderDecoderModel:
     tok_loss, tok_z = cross_entropy_with_z_loss(
         logits, targets, weights, self.label_smoothing, self.z_loss)
     weight_sum = jnp.sum(weights)
-    norm = self._normalizer(weight_sum)
+    norm = self.loss_normalizer(weights)
     loss = jnp.sum(tok_loss) / norm
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
     metrics = {
         "loss": loss, "z_loss": jnp.sum(tok_z) / norm,
         "accuracy": jnp.sum(correct) / jnp.maximum(weight_sum, 1.0),
+        "loss_per_token": jnp.sum(tok_loss) / jnp.maximum(weight_sum, 1.0),
         "num_tokens": weight_sum,
         "num_examples": jnp.asarray(targets.shape[0], jnp.float32),
     }
     return loss, metrics
 
-  def _normalizer(self, weight_sum):
+  def loss_normalizer(self, weights):
+    """What the summed token loss of a batch with loss ``weights [B, Lt]`` is
+    divided by (a float32 scalar; see ``loss_normalizing_factor``)."""
     f = self.loss_normalizing_factor
-    if f in (None, "sum"):
-      return 1.0
     if f == "num_real_target_tokens":
-      return jnp.maximum(weight_sum, 1.0)
-    return float(f)
+      return jnp.maximum(jnp.sum(weights.astype(jnp.float32)), 1.0)
+    if f == "num_total_target_tokens":
+      return jnp.asarray(weights.size, jnp.float32)
+    return jnp.asarray(1.0 if f == "sum" else f, jnp.float32)
 
   def score_batch(self, params, batch: Batch, adaptation: Optional[Adaptation] = None,
                   return_intermediates: bool = False):

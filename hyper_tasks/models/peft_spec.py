@@ -32,22 +32,32 @@ _SITE_MODULE = {
     "decoder_mlp": ("decoder", "mlp"),
 }
 ADAPTER_SITES = ("encoder_mlp", "decoder_mlp", "encoder_self", "decoder_self", "cross")
+# ``gelu`` is the tanh approximation (flax ``nn.gelu``'s default, which HINT's adapters
+# use).
+ADAPTER_ACTIVATIONS = ("relu", "gelu")
 LORA_TARGETS = ("q", "k", "v", "o", "wi", "wo")
 IA3_TARGETS = ("k", "v", "ff")
 
 
 @dataclasses.dataclass(frozen=True)
 class AdapterSpec:
-  """Parallel bottleneck adapters: ``out += relu(x @ down) @ up`` beside a sublayer.
+  """Parallel bottleneck adapters beside a sublayer:
+  ``out += act(x @ down [+ down_bias]) @ up [+ up_bias]``.
 
   ``sites``: MLP sublayers (``encoder_mlp``, ``decoder_mlp``) and, optionally, attention
-  sublayers (``encoder_self``, ``decoder_self``, ``cross``).
+  sublayers (``encoder_self``, ``decoder_self``, ``cross``). ``bias`` adds the slots
+  ``adapter_down_bias [A]`` and ``adapter_up_bias [D]``; ``activation`` is one of
+  :data:`ADAPTER_ACTIVATIONS`. HINT's adapters have both biases and GELU
+  (``gin/peft/hint_default.gin``); the defaults here are bias-free ReLU.
   """
   size: int = 64
   sites: tuple[str, ...] = ("encoder_mlp", "decoder_mlp")
+  bias: bool = False
+  activation: str = "relu"
 
   def __post_init__(self):
     _check_subset("AdapterSpec.sites", self.sites, ADAPTER_SITES)
+    _check_subset("AdapterSpec.activation", (self.activation,), ADAPTER_ACTIVATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +160,9 @@ class PeftSpec:
             a = self.adapter.size
             add("adapter_down", (d, a), ("embed", "adapter"))
             add("adapter_up", (a, d), ("adapter", "embed"))
+            if self.adapter.bias:
+              add("adapter_down_bias", (a,), ("adapter",))
+              add("adapter_up_bias", (d,), ("embed",))
           if is_attn and self.prefix and site in self.prefix.sites and (
               self.prefix.num_tokens > 0):
             p = self.prefix.num_tokens
@@ -181,6 +194,11 @@ class PeftSpec:
       out.append(Slot(("prompt", "embedding"), "prompt", -1, "prompt", "prompt",
                       (self.prompt.num_tokens, d), ("prefix", "embed")))
     return out
+
+  @property
+  def adapter_activation(self) -> str:
+    """The adapters' activation (``relu`` when there are none)."""
+    return self.adapter.activation if self.adapter else "relu"
 
   def lora_scale(self, name: str) -> float:
     """Scale for LoRA parameter type ``lora_<target>_a`` / ``_b``."""

@@ -38,8 +38,8 @@ def _fused_kv(adaptation: Optional[Adaptation], layer: int):
   return kv["key"], kv["value"], adaptation.instruction_mask
 
 
-def _add_adapter(y, x, slots):
-  delta = adapter_delta(x, slots)
+def _add_adapter(y, x, slots, act: str = "relu"):
+  delta = adapter_delta(x, slots, act)
   return y if delta is None else y + delta.astype(y.dtype)
 
 
@@ -76,20 +76,22 @@ class EncoderLayer(nn.Module):
   config: T5Config
   layer: int
   lora_scales: Optional[dict] = None
+  adapter_activation: str = "relu"
 
   @nn.compact
   def __call__(self, x, bias, mask, adaptation=None, deterministic=True):
     cfg = self.config
+    act = self.adapter_activation
     drop = nn.Dropout(cfg.dropout_rate)
     slots = _site_slots(adaptation, "encoder", self.layer, "attention")
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_layer_norm")(x)
     a = MultiHeadAttention(cfg, self.lora_scales, name="attention")(
         y, y, bias, mask, slots, deterministic)
-    x = x + drop(_add_adapter(a, y, slots), deterministic=deterministic)
+    x = x + drop(_add_adapter(a, y, slots, act), deterministic=deterministic)
     slots = _site_slots(adaptation, "encoder", self.layer, "mlp")
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(x)
     m = MlpBlock(cfg, self.lora_scales, name="mlp")(y, slots, deterministic)
-    x = x + drop(_add_adapter(m, y, slots), deterministic=deterministic)
+    x = x + drop(_add_adapter(m, y, slots, act), deterministic=deterministic)
     return constrain(x, ("batch", "length", "embed"))
 
 
@@ -97,6 +99,7 @@ class DecoderLayer(nn.Module):
   config: T5Config
   layer: int
   lora_scales: Optional[dict] = None
+  adapter_activation: str = "relu"
 
   @nn.compact
   def __call__(self, x, encoded, self_bias, self_mask, cross_mask, adaptation=None,
@@ -113,21 +116,22 @@ class DecoderLayer(nn.Module):
       return {"key": k, "value": v}
     drop = nn.Dropout(cfg.dropout_rate)
     eps = cfg.layer_norm_epsilon
+    act = self.adapter_activation
     slots = _site_slots(adaptation, "decoder", self.layer, "self_attention")
     y = RMSNorm(eps, cfg.dtype, name="pre_self_attention_layer_norm")(x)
     a = MultiHeadAttention(cfg, self.lora_scales, name="self_attention")(
         y, y, self_bias, self_mask, slots, deterministic, decode=decode)
-    x = x + drop(_add_adapter(a, y, slots), deterministic=deterministic)
+    x = x + drop(_add_adapter(a, y, slots, act), deterministic=deterministic)
     slots = _site_slots(adaptation, "decoder", self.layer, "encoder_decoder_attention")
     y = RMSNorm(eps, cfg.dtype, name="pre_cross_attention_layer_norm")(x)
     a = MultiHeadAttention(cfg, self.lora_scales, name="encoder_decoder_attention")(
         y, encoded, None, cross_mask, slots, deterministic,
         fused_kv=_fused_kv(adaptation, self.layer))
-    x = x + drop(_add_adapter(a, y, slots), deterministic=deterministic)
+    x = x + drop(_add_adapter(a, y, slots, act), deterministic=deterministic)
     slots = _site_slots(adaptation, "decoder", self.layer, "mlp")
     y = RMSNorm(eps, cfg.dtype, name="pre_mlp_layer_norm")(x)
     m = MlpBlock(cfg, self.lora_scales, name="mlp")(y, slots, deterministic)
-    x = x + drop(_add_adapter(m, y, slots), deterministic=deterministic)
+    x = x + drop(_add_adapter(m, y, slots, act), deterministic=deterministic)
     return constrain(x, ("batch", "length", "embed"))
 
 
@@ -141,6 +145,7 @@ class Encoder(nn.Module):
   """Encoder stack over already-embedded inputs (the caller owns the embedding)."""
   config: T5Config
   lora_scales: Optional[dict] = None
+  adapter_activation: str = "relu"
 
   @nn.compact
   def __call__(self, x, mask, positions=None, segment_ids=None, adaptation=None,
@@ -165,8 +170,9 @@ class Encoder(nn.Module):
                                segment_ids[:, None, None, :])
     x = nn.Dropout(cfg.dropout_rate)(x.astype(cfg.dtype), deterministic=deterministic)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, i, self.lora_scales, name=f"layers_{i}")(
-          x, bias, attn_mask, adaptation, deterministic)
+      x = EncoderLayer(cfg, i, self.lora_scales, self.adapter_activation,
+                       name=f"layers_{i}")(x, bias, attn_mask, adaptation,
+                                           deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -176,6 +182,7 @@ class Decoder(nn.Module):
   else through the shared embedding scaled by ``d_model ** -0.5`` (as Mesh TF/HF do)."""
   config: T5Config
   lora_scales: Optional[dict] = None
+  adapter_activation: str = "relu"
 
   def instruction_kv(self, instruction, adaptation=None) -> dict:
     """Every layer's cross-attention keys/values of the fused instruction.
@@ -206,8 +213,9 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     if cross_kv_only:  # see instruction_kv
-      return {f"layers_{i}": DecoderLayer(cfg, i, self.lora_scales, name=f"layers_{i}")(
-          None, encoded, None, None, None, adaptation, cross_kv_only=True)
+      return {f"layers_{i}": DecoderLayer(
+          cfg, i, self.lora_scales, self.adapter_activation, name=f"layers_{i}")(
+              None, encoded, None, None, None, adaptation, cross_kv_only=True)
               for i in range(cfg.num_decoder_layers)}
     relpos = RelativePositionBias(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
@@ -230,7 +238,8 @@ class Decoder(nn.Module):
                                  encoder_segment_ids[:, None, None, :])
     y = nn.Dropout(cfg.dropout_rate)(y.astype(cfg.dtype), deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, i, self.lora_scales, name=f"layers_{i}")(
+      y = DecoderLayer(cfg, i, self.lora_scales, self.adapter_activation,
+                       name=f"layers_{i}")(
           y, encoded, self_bias, self_mask, cross_mask, adaptation, deterministic,
           decode)
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="decoder_norm")(y)

@@ -82,8 +82,9 @@ class Transformer(nn.Module):
       raise ValueError("Choose either a hypernetwork or static (learned) PEFT.")
     scales = lora_scales(self.peft_spec)
     self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, cfg.dtype)
-    self.encoder = Encoder(cfg, scales)
-    self.decoder = Decoder(cfg, scales)
+    act = self.peft_spec.adapter_activation
+    self.encoder = Encoder(cfg, scales, act)
+    self.decoder = Decoder(cfg, scales, act)
     if self.static_peft and not self.peft_spec.is_empty:
       self.peft = StaticPeft(cfg, self.peft_spec)
 

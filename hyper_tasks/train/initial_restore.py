@@ -23,6 +23,13 @@ t5x checkpoints map through ``convert.t5x_checkpoint.adafactor_state_from_t5x``.
 checkpoints map group by group and parameter by parameter (after the same
 ``assignment_map``); re-initialised parameters keep fresh statistics.
 
+A separate instruction encoder (``hypernet/encoder/``, ``HYPER_SEPARATE_ENCODER``)
+starts as the checkpoint's backbone encoder when ``hypernet_encoder_from_backbone``
+(HINT's ``separate_henc.gin``; on in ``gin/restore/restore_pretrained.gin``): its
+parameters are copied from ``encoder/*`` (whatever the checkpoint holds under
+``hypernet/encoder/`` and despite ``reinit_patterns``), and their optimizer
+statistics start fresh.
+
 The global step of the new run starts at 0: ``num_steps`` counts this run's steps.
 """
 from __future__ import annotations
@@ -46,6 +53,8 @@ from hyper_tasks.train import tree_utils
 from hyper_tasks.train.train_state import StateLayout, TrainState
 
 FORMATS = ("auto", "hf", "ours", "t5x")
+# (checkpoint prefix, target prefix) of InitialRestore.hypernet_encoder_from_backbone.
+HYPERNET_ENCODER_COPY = ("encoder/", "hypernet/encoder/")
 OPTIMIZER_STATE_MODES = ("fresh", "restore_pretrained", "full_restore")
 _FIELDS = ("v_row", "v_col", "v", "m")
 REPORT_FILE = "restore_report.json"
@@ -68,6 +77,9 @@ class InitialRestore:
     reinit_patterns: regexes of parameters always started from scratch.
     optimizer_state: ``fresh``, ``restore_pretrained`` or ``full_restore``.
     fresh_groups: groups kept fresh by ``restore_pretrained``.
+    hypernet_encoder_from_backbone: a separate instruction encoder
+      (``hypernet/encoder/``) starts as the checkpoint's ``encoder/`` (HINT's
+      ``separate_henc``); no effect on a model without one.
   """
   path: str
   format: str = "auto"
@@ -77,6 +89,7 @@ class InitialRestore:
   reinit_patterns: Sequence[str] = ()
   optimizer_state: str = "fresh"
   fresh_groups: Sequence[str] = ("hypernet",)
+  hypernet_encoder_from_backbone: bool = False
 
   def __post_init__(self):
     if self.format not in FORMATS:
@@ -258,9 +271,13 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
   flat_ckpt, flat_opt, t5x_opt, _ = read_checkpoint(cfg.path, fmt, cfg.step)
   target = _flat(layout.abstract.params)
   init_flat = _flat(fresh.params)
+  copies = (HYPERNET_ENCODER_COPY,) if cfg.hypernet_encoder_from_backbone else ()
   flat_params, report = restore.restore_params(
       target, flat_ckpt, cfg.assignment_map, cfg.fallback_to_scratch, init_flat,
-      cfg.reinit_patterns)
+      cfg.reinit_patterns, copies)
+  if report.copied:
+    notes.append(f"hypernet/encoder: {len(report.copied)} parameters from the "
+                 "checkpoint's encoder/ (hypernet_encoder_from_backbone)")
   treedef = jax.tree.structure(layout.abstract.params)
   paths = tree_utils.leaf_paths(layout.abstract.params)
   params = jax.tree.unflatten(treedef, [flat_params[p] for p in paths])
@@ -284,8 +301,10 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
         opt_state, t5x_opt, groups=groups, require_all=not cfg.fallback_to_scratch)
     notes.append(f"optimizer groups {groups}: restored from the t5x checkpoint")
   elif groups:
+    # Copied parameters keep fresh statistics, as re-initialised ones do.
     opt_state = _opt_state_from_ours(opt_state, flat_opt, groups, cfg.assignment_map,
-                                     set(report.reinitialised), notes)
+                                     set(report.reinitialised) | set(report.copied),
+                                     notes)
   for g in trainable:
     if g not in groups:
       notes.append(f"optimizer group {g!r}: fresh")

@@ -13,6 +13,11 @@ decided in one place and reported (:class:`RestoreReport`):
    *target* name and names the checkpoint key to read, this map renames *checkpoint*
    keys; a replacement may be a sequence of names to copy one checkpoint array to
    several targets (e.g. the backbone encoder into ``hypernet/encoder/``).
+   ``prefix_copies`` then offer the renamed checkpoint's keys under one prefix
+   again under another (e.g. ``encoder/`` as ``hypernet/encoder/``: HINT's
+   separate instruction encoder starts as the pretrained T5 encoder); a copied
+   key replaces any checkpoint key of its name and is loaded even when it matches
+   ``reinit_patterns``.
 2. Each target key is then loaded from the (renamed) checkpoint, or re-initialised
    from ``init_params`` when it matches one of ``reinit_patterns`` (even if the
    checkpoint has it: e.g. a fresh hypernetwork) or, with ``fallback_to_scratch``,
@@ -50,6 +55,7 @@ class RestoreReport:
   unused: list[str] = dataclasses.field(default_factory=list)
   dropped: list[str] = dataclasses.field(default_factory=list)  # by assignment_map
   renamed: dict[str, str] = dataclasses.field(default_factory=dict)  # ckpt -> target
+  copied: dict[str, str] = dataclasses.field(default_factory=dict)  # target -> ckpt
 
   def summary(self, max_names: int = _SUMMARY_NAMES) -> str:
     """Counts plus the first few names of each category, one line each."""
@@ -62,7 +68,8 @@ class RestoreReport:
         line("reinitialised", self.reinitialised),
         line("unused checkpoint keys", self.unused),
         line("dropped by assignment_map", self.dropped),
-    ])
+    ] + ([line("copied (prefix_copies)", sorted(self.copied))] if self.copied
+         else []))
 
 
 def _as_flat(tree: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,12 +140,24 @@ def _shape_dtype(x) -> tuple[tuple[int, ...], np.dtype]:
   return tuple(np.shape(x)), np.dtype(x.dtype)
 
 
+def _copy_prefixes(ckpt: Mapping[str, Any], targets: Mapping[str, Any],
+                   prefix_copies: Sequence[tuple[str, str]]) -> dict[str, str]:
+  """``{target key: checkpoint key}`` of the copies ``prefix_copies`` make."""
+  out: dict[str, str] = {}
+  for src, dst in prefix_copies:
+    for key in ckpt:
+      if key.startswith(src) and dst + key[len(src):] in targets:
+        out[dst + key[len(src):]] = key
+  return out
+
+
 def restore_params(target_shapes: Mapping[str, Any],
                    flat_ckpt: Mapping[str, Any],
                    assignment_map: AssignmentMap = (),
                    fallback_to_scratch: bool = False,
                    init_params: Optional[Mapping[str, Any]] = None,
-                   reinit_patterns: Iterable[str] = ()
+                   reinit_patterns: Iterable[str] = (),
+                   prefix_copies: Sequence[tuple[str, str]] = ()
                    ) -> tuple[dict[str, Any], RestoreReport]:
   """Builds the target's flat parameters from a checkpoint (see module docstring).
 
@@ -152,6 +171,10 @@ def restore_params(target_shapes: Mapping[str, Any],
       every re-initialised key.
     reinit_patterns: regexes (``re.search``) of target keys always taken from
       ``init_params``, whether or not the checkpoint has them.
+    prefix_copies: ``(source prefix, target prefix)`` pairs: after renaming, every
+      checkpoint key ``source + rest`` is also offered as ``target + rest`` (for
+      the target keys that exist), replacing a checkpoint key of that name and
+      overriding ``reinit_patterns``; recorded in ``report.copied``.
 
   Returns:
     ``(flat params, report)``; loaded values are cast to the target dtype.
@@ -165,9 +188,12 @@ def restore_params(target_shapes: Mapping[str, Any],
   ckpt = apply_assignment_map(_as_flat(flat_ckpt), assignment_map, report)
   init = _as_flat(init_params) if init_params is not None else None
   reinit_res = [re.compile(p) for p in reinit_patterns]
+  copied = _copy_prefixes(ckpt, targets, prefix_copies)
+  ckpt.update({k: ckpt[src] for k, src in copied.items()})
+  report.copied = dict(sorted(copied.items()))
 
   def wants_reinit(key):
-    return any(r.search(key) for r in reinit_res)
+    return key not in copied and any(r.search(key) for r in reinit_res)
 
   out: dict[str, Any] = {}
   missing, mismatched, no_init = [], [], []
@@ -209,7 +235,9 @@ def restore_params(target_shapes: Mapping[str, Any],
   if problems:
     raise RestoreError("Cannot restore parameters:\n" + "\n".join(problems))
 
-  report.unused = sorted(set(ckpt) - used)
+  # A checkpoint key that was only copied was used through its copy.
+  used |= {copied[k] for k in used if k in copied}
+  report.unused = sorted(set(ckpt) - used - set(copied))
   report.loaded.sort()
   report.reinitialised.sort()
   report.dropped.sort()

@@ -6,17 +6,19 @@
   ``M`` microbatches of ``B / M`` examples with a ``lax.scan``. Microbatch ``i`` takes
   rows ``i, i + M, i + 2M, ...``: when each device holds a contiguous block of the
   (data-sharded) batch, every microbatch is then spread over all devices and the
-  split needs no communication. With the default token-mean loss, each
-  microbatch's gradient is weighted by its share of the batch's loss weights, so the
-  accumulated gradient equals the full-batch gradient (up to float summation
-  order) whatever ``M`` is.
+  split needs no communication. Each microbatch's gradient is weighted by its
+  share of the full batch's loss normaliser (``model.loss_normalizer``): its share
+  of the loss weights for the default token mean, 1 for a constant or summed loss
+  (t5x's), so the accumulated gradient equals the full-batch gradient (up to float
+  summation order) whatever ``M`` is.
 * **Dropout**: microbatch ``i`` of step ``s`` uses ``fold_in(fold_in(rng, s), i)``.
 * **NaN/Inf guard**: when the loss, a gradient or an update is not finite the state is left
   unchanged (the update is discarded on device) and ``metrics["finite"]`` is 0; the
   trainer stops with an error naming the step, so no checkpoint ever holds NaNs.
-* **Metrics** (device scalars): loss, z_loss, accuracy, num_tokens, num_examples,
-  ``learning_rate/<group>``, ``grad_norm/<group>``, ``param_norm/<group>`` and their
-  global ``grad_norm``/``param_norm``; frozen groups report parameter norms only.
+* **Metrics** (device scalars): loss, z_loss, accuracy, loss_per_token, num_tokens,
+  num_examples, ``learning_rate/<group>``, ``grad_norm/<group>``,
+  ``param_norm/<group>`` and their global ``grad_norm``/``param_norm``; frozen
+  groups report parameter norms only.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ PyTree = Any
 Batch = Mapping[str, jax.Array]
 
 _SUMMED = ("num_tokens", "num_examples")
-_WEIGHTED = ("loss", "z_loss", "accuracy")
+_WEIGHTED = ("loss", "z_loss", "accuracy", "loss_per_token")
+_PER_TOKEN = ("accuracy", "loss_per_token")  # averaged by token share
 
 
 def loss_weights(batch: Batch) -> jax.Array:
@@ -97,7 +100,9 @@ def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
   """
   groups = optimizer.group_names
   frozen = {g.name for g in optimizer.groups if g.frozen}
-  token_mean = model.loss_normalizing_factor == "num_real_target_tokens"
+  normalizer = getattr(model, "loss_normalizer", None)
+  if normalizer is None:  # a model without one: token mean
+    normalizer = lambda w: jnp.maximum(jnp.sum(w), 1.0)
 
   def grads_and_metrics(params, batch, step_rng):
     if num_microbatches <= 1:
@@ -107,20 +112,21 @@ def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
 
     micro = split_microbatches(batch, num_microbatches)
     total_weight = jnp.maximum(jnp.sum(loss_weights(batch)), 1.0)
+    total_norm = normalizer(loss_weights(batch))
     grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
 
     def body(carry, inputs):
       grads_acc, metrics_acc = carry
       i, mb = inputs
       (_, m), g = grad_fn(params, mb, jax.random.fold_in(step_rng, i))
-      # Token-mean loss: microbatch means are re-weighted by their token share.
-      share = (jnp.sum(loss_weights(mb)) / total_weight if token_mean
-               else jnp.asarray(1.0, jnp.float32))
+      # This microbatch's share of the full batch's normaliser: its token share
+      # for the token mean, 1 for a constant or summed loss.
+      share = normalizer(loss_weights(mb)) / total_norm
       grads_acc = jax.tree.map(lambda a, x: a + share * x.astype(a.dtype),
                                grads_acc, g)
       metrics_acc = dict(metrics_acc)
       for k in _WEIGHTED:
-        w = share if k != "accuracy" else (
+        w = share if k not in _PER_TOKEN else (
             jnp.sum(loss_weights(mb)) / total_weight)
         metrics_acc[k] = metrics_acc[k] + w * m[k]
       for k in _SUMMED:

@@ -1,7 +1,9 @@
-"""Super-NaturalInstructions: reader schema variants, errors, selection, formats."""
+"""Super-NaturalInstructions: reader schema variants, errors, selection, formats, and
+Tk-Instruct's rule of dropping demonstrations that do not fit the token budget."""
 import json
 
 import pytest
+import seqio
 
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
@@ -337,3 +339,97 @@ def test_real_sni_files_through_every_format(shared_data):
       str(shared_data / "sni" / "tasks"
           / "task1393_superglue_copa_text_completion.json"), test=True)
   assert copa.definition.startswith("In this task")
+
+
+# ------------------------------------------ token budget (Tk-Instruct's rule)
+
+POS2_LONG = (" Positive Example 2 -\nInput: " + "Japan, " * 29 + "Japan.\n"
+             " Output: Tokyo.\n\n")
+POS3 = " Positive Example 3 -\nInput: Peru.\n Output: Lima.\n\n"
+COUNT = sni.token_counter(seqio.ByteVocabulary())
+
+
+def n_tokens(text):
+  """Byte-vocabulary tokens of ``text`` plus EOS, as the task will count them."""
+  return len(text.encode("utf-8")) + 1
+
+
+@pytest.fixture
+def long_task(tmp_path, sni_task):
+  """The capitals task with a long second positive example."""
+  data = sni_task(5, name="t_long")
+  data["Positive Examples"][1]["input"] = "Japan, " * 29 + "Japan"
+  path = tmp_path / "t_long.json"
+  path.write_text(json.dumps(data))
+  return sni.read_task_file(str(path), test=True)
+
+
+def _record(task, fmt, budget):
+  return sni.format_instance(task, task.instances[0], sni.parse_format(fmt), budget,
+                             COUNT)
+
+
+def test_counter_counts_eos():
+  assert COUNT(DEF) == n_tokens(DEF) == len(DEF) + 1
+
+
+def test_demonstrations_that_do_not_fit_are_dropped_whole(long_task):
+  rec = lambda fmt, **budget: _record(long_task, fmt, budget)
+  full = DEF + POS1 + POS2_LONG
+  # Everything fits: nothing dropped (and no budget at all: the same).
+  assert rec("def_pos_2", hyper_inputs=n_tokens(full))[F.HYPER_INPUTS] == full
+  assert _record(long_task, "def_pos_2", None)[F.HYPER_INPUTS] == full
+  # One token short: the long example goes, whole; the instance is untouched.
+  got = rec("def_pos_2", hyper_inputs=n_tokens(full) - 1)
+  assert (got[F.HYPER_INPUTS], got[F.INPUTS]) == (DEF + POS1, QUERY)
+  # The budget is inclusive and counts EOS.
+  assert rec("def_pos_1", hyper_inputs=n_tokens(DEF + POS1))[
+      F.HYPER_INPUTS] == DEF + POS1
+  assert rec("def_pos_1", hyper_inputs=n_tokens(DEF + POS1) - 1)[
+      F.HYPER_INPUTS] == DEF
+  # The first that does not fit ends the positives: example 3 would fit after
+  # example 1 but is not tried (Tk-Instruct's `break`) ...
+  budget = n_tokens(DEF + POS1 + POS3)
+  assert rec("def_pos_3", hyper_inputs=budget)[F.HYPER_INPUTS] == DEF + POS1
+  # ... while negatives are still tried after them.
+  budget = n_tokens(DEF + POS1 + NEG1)
+  assert rec("def_pos_2_neg_1", hyper_inputs=budget)[F.HYPER_INPUTS] == (
+      DEF + POS1 + NEG1)
+  # The definition is never dropped (the feature converter truncates it).
+  assert rec("def_pos_2", hyper_inputs=3)[F.HYPER_INPUTS] == DEF
+  # A HINT format reads the hyper_inputs budget only, a concat format the inputs
+  # budget, counted with the instance part.
+  assert rec("def_pos_2", inputs=10)[F.HYPER_INPUTS] == full
+  budget = n_tokens(DEF + POS1 + QUERY)
+  got = rec("concat_def_pos_2", inputs=budget, hyper_inputs=1)
+  assert (got[F.HYPER_INPUTS], got[F.INPUTS]) == ("", DEF + POS1 + QUERY)
+  assert rec("concat_def_pos_2", inputs=budget - 1)[F.INPUTS] == DEF + QUERY
+  with pytest.raises(ValueError, match="needs count_tokens"):
+    sni.format_instance(long_task, long_task.instances[0],
+                        sni.parse_format("def_pos_2"), {"hyper_inputs": 5})
+
+
+def test_registered_tasks_drop_demonstrations_with_a_budget(
+    tmp_path, sni_dir_factory, sni_task, clean_registry):
+  data = sni_task(4, name="t_b")
+  data["Positive Examples"][1]["input"] = "Japan, " * 29 + "Japan"
+  root = sni_dir_factory(tmp_path, train={"t_a": sni_task(3, name="t_a")},
+                         test={"t_b": data})
+  budget = {"hyper_inputs": n_tokens(DEF + POS1 + POS2_LONG) - 1,
+            "inputs": n_tokens(DEF + POS1 + QUERY), "targets": 4}
+  sni_tasks.register_sni(root, formats=("def_pos_2", "concat_def_pos_2"),
+                         demonstration_budget=budget)
+  tasks = sni.load_tasks(root, ["t_b"], test=True)
+  for fmt in ("def_pos_2", "concat_def_pos_2"):
+    got = pipeline.load_examples(f"sni_{fmt}_test", "test")
+    assert got == sni.format_tasks(tasks, sni.parse_format(fmt), budget=budget,
+                                   count_tokens=COUNT)
+    text = [r[F.HYPER_INPUTS] + r[F.INPUTS] for r in got]
+    assert all(t.startswith(DEF + POS1) and "Positive Example 2" not in t
+               for t in text), (fmt, text[0])
+  # Without a budget the same names serve every demonstration again.
+  sni_tasks.register_sni(root, formats=("def_pos_2",))
+  got = pipeline.load_examples("sni_def_pos_2_test", "test")
+  assert all(POS2_LONG in r[F.HYPER_INPUTS] for r in got)
+  with pytest.raises(ValueError, match=r"demonstration_budget\['inputs'\]"):
+    sni_tasks.register_sni(root, demonstration_budget={"inputs": 0})

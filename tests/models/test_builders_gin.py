@@ -105,6 +105,17 @@ def test_hint_gin_turns_on_instruction_fusion_and_hint_options():
   assert (net.NAME, net.query_method, net.num_heads) == ("hint", "factored", 8)
   spec = model.module.peft_spec
   assert (spec.adapter.size, spec.prefix.num_tokens) == (64, 30)
+  # HINT's adapters: generated down/up biases and GELU; macros switch them back.
+  assert (spec.adapter.bias, spec.adapter.activation) == (True, "gelu")
+  gin.clear_config()
+  parse("tiny", "hint_default", "hint", ["ADAPTER_BIAS = False",
+                                         "ADAPTER_ACTIVATION = 'relu'"])
+  adapter = take().module.peft_spec.adapter
+  assert (adapter.bias, adapter.activation) == (False, "relu")
+  gin.clear_config()
+  parse("tiny", "adapters", "hypter")  # plain adapters keep their defaults
+  adapter = take().module.peft_spec.adapter
+  assert (adapter.bias, adapter.activation) == (False, "relu")
 
 
 def test_size_zero_macros_switch_methods_off():

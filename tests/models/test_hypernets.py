@@ -38,8 +38,12 @@ OPTIONS = {
     "hypertune": dict(num_heads=4, dropout_rate=0.0, num_layers=1),
     "t2l": dict(dropout_rate=0.0),
 }
+# HINT's own setting: adapters with generated biases and GELU, plus prefixes.
+HINT_RECIPE = builders.make_peft_spec(adapter_size=4, adapter_bias=True,
+                                      adapter_activation="gelu", num_prefix_tokens=2)
 # Options not trained end to end, checked at the hypernetwork level (spec, grads).
 ALTERNATIVES = [("hint", ALL_METHODS, dict(query_method="factored")),
+                ("hint", HINT_RECIPE, dict(separate_encoder=True, encoder_layers=1)),
                 ("hypter", SPECS["hypter"], dict(layer_embedding="shared")),
                 ("t2l", SPECS["t2l"], dict(layer_embedding="sinusoidal",
                                            num_blocks=1)),
@@ -232,7 +236,8 @@ def test_hypernetwork_options_emit_the_spec_and_get_gradients(name, spec, option
   flat = {tuple(k.key for k in p): np.abs(np.asarray(x)).mean()
           for p, x in jax.tree_util.tree_flatten_with_path(out)[0]}
   for pair in (("adapter_down", "adapter_up"), ("lora_q_a", "lora_q_b"),
-               ("prefix_key", "prefix_value")):
+               ("prefix_key", "prefix_value"),
+               ("adapter_down_bias", "adapter_up_bias")):
     ins = [v for k, v in flat.items() if k[-1] == pair[0]]
     outs = [v for k, v in flat.items() if k[-1] == pair[1]]
     if ins:
@@ -282,6 +287,8 @@ def test_no_instruction_control_ignores_the_instruction(backbone):
     ("t2l", builders.make_peft_spec(lora_rank=2, ia3=True, prompt_tokens=2),
      r"'t2l' cannot produce PEFT method\(s\) \['ia3', 'prompt'\]"),
     ("hint", builders.make_peft_spec(), r"generates no parameters"),
+    ("hypter", builders.make_peft_spec(adapter_size=4, adapter_bias=True),
+     r"'hypter' generates bias-free adapters"),
 ])
 def test_unsupported_specs_raise_clear_errors(name, spec, match):
   with pytest.raises(ValueError, match=match):

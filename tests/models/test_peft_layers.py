@@ -4,7 +4,8 @@ Identity: every method with zero tensors (adapters, LoRA, IA3) or zero length
 (prefixes, prompt) is plain T5. Oracles: prefix attention against an einsum
 reference, LoRA against the merged kernel ``W + A B``. Paths: per-task == broadcast
 per-example, a mixed-task batch == each task alone, cached decoding with prefixes ==
-argmax over full re-computation.
+argmax over full re-computation. HINT's adapters (down/up biases, GELU) against a
+numpy reference.
 """
 import flax.linen as nn
 import jax
@@ -16,6 +17,7 @@ from hyper_tasks.models import builders
 from hyper_tasks.models.adaptation import Adaptation
 from hyper_tasks.models.attention import MultiHeadAttention
 from hyper_tasks.models.model_api import EncoderDecoderModel
+from hyper_tasks.models.peft.adapters import adapter_delta
 from hyper_tasks.models.peft.static import set_path
 from hyper_tasks.models.transformer import Transformer
 
@@ -255,3 +257,71 @@ def test_decoding_with_prefixes_equals_full_recomputation(params, logits_fn):
       dec[:, t + 1] = nxt
   np.testing.assert_array_equal(np.asarray(cached), out)
   assert (out[:, 0] != CFG.eos_id).any()  # decoded something beyond one EOS
+
+
+# ---- HINT's adapters: down/up biases and GELU ---------------------------------------
+
+def _gelu_tanh(x):
+  """GELU, tanh approximation (flax ``nn.gelu``'s default, HINT's adapters)."""
+  return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_adapter_with_biases_and_gelu_matches_numpy(batched):
+  d, a, length = 6, 3, 4
+  rng = np.random.RandomState(11)
+  x = rng.normal(size=(B, length, d)).astype(np.float32)
+  lead = (B,) if batched else ()
+  shapes = {"adapter_down": (d, a), "adapter_up": (a, d),
+            "adapter_down_bias": (a,), "adapter_up_bias": (d,)}
+  w = {k: rng.normal(size=lead + s).astype(np.float32) for k, s in shapes.items()}
+  row = lambda k, i: w[k][i] if batched else w[k]
+  got = adapter_delta(jnp.asarray(x), {k: jnp.asarray(v) for k, v in w.items()},
+                      "gelu")
+  want = np.stack([
+      _gelu_tanh(x[i] @ row("adapter_down", i) + row("adapter_down_bias", i))
+      @ row("adapter_up", i) + row("adapter_up_bias", i) for i in range(B)])
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+  # The default: bias-free ReLU, relu(x @ down) @ up.
+  plain = {k: jnp.asarray(w[k]) for k in ("adapter_down", "adapter_up")}
+  want = np.stack([np.maximum(x[i] @ row("adapter_down", i), 0.0)
+                   @ row("adapter_up", i) for i in range(B)])
+  np.testing.assert_allclose(np.asarray(adapter_delta(jnp.asarray(x), plain)), want,
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_hint_adapter_spec_has_bias_slots_and_checks_the_activation():
+  spec = builders.make_peft_spec(adapter_size=4, adapter_bias=True,
+                                 adapter_activation="gelu")
+  mlp = {s.name: s.shape for s in spec.slots(CFG)
+         if s.path[:3] == ("encoder", "layers_0", "mlp")}
+  assert mlp == {"adapter_down": (CFG.d_model, 4), "adapter_up": (4, CFG.d_model),
+                 "adapter_down_bias": (4,), "adapter_up_bias": (CFG.d_model,)}
+  assert spec.adapter_activation == "gelu"
+  assert "adapter_down_bias" not in {
+      s.name for s in builders.make_peft_spec(adapter_size=4).slots(CFG)}
+  with pytest.raises(ValueError, match="AdapterSpec.activation.*'tanh'"):
+    builders.make_peft_spec(adapter_size=4, adapter_activation="tanh")
+
+
+def test_biased_gelu_adapters_in_the_backbone(params, plain_logits):
+  """Zero ``up`` and ``up_bias`` are the identity whatever ``down_bias`` is; the
+  activation reaches every layer (GELU and ReLU give different logits)."""
+  kwargs = dict(adapter_size=4, adapter_bias=True,
+                adapter_sites=("encoder_mlp", "decoder_mlp", "cross"))
+  gelu = builders.make_peft_spec(adapter_activation="gelu", **kwargs)
+  relu = builders.make_peft_spec(adapter_activation="relu", **kwargs)
+  run = {name: fast_jit(lambda p, b, a, spec=spec: Transformer(CFG, spec).apply(
+      {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"], None, a))
+         for name, spec in (("gelu", gelu), ("relu", relu))}
+  tree = random_slots(gelu, batch=B, seed=4)
+  for s in gelu.slots(CFG):
+    if s.name in ("adapter_up", "adapter_up_bias"):
+      set_path(tree, s.path, jnp.zeros((B,) + s.shape, jnp.float32))
+  np.testing.assert_allclose(
+      np.asarray(run["gelu"](params, _batch(), Adaptation(tree, batched=True))),
+      plain_logits, atol=1e-6, rtol=0)
+  rand = Adaptation(random_slots(gelu, batch=B, seed=5), batched=True)
+  out = {k: np.asarray(f(params, _batch(), rand)) for k, f in run.items()}
+  assert np.abs(out["gelu"] - plain_logits).max() > 1e-3
+  assert np.abs(out["gelu"] - out["relu"]).max() > 1e-3

@@ -9,6 +9,10 @@ import pytest
 from tests.train import train_testlib as lib
 from hyper_tasks import gin_utils
 from hyper_tasks.data import registry
+from hyper_tasks.data import sni_tasks
+from hyper_tasks.models import builders
+from hyper_tasks.train import initial_restore
+from hyper_tasks.train import optimizers
 from hyper_tasks.train import trainer
 
 lib.enable_compilation_cache()
@@ -49,6 +53,34 @@ def test_experiment_trains_two_tiny_steps(experiment, tmp_path):
   assert os.path.exists(tmp_path / "config.gin")
   operative = (tmp_path / "config.gin").read_text()
   assert "TRAIN_STEPS = 2" in operative and "train.num_steps" in operative
+
+
+HINT_EXPERIMENTS = [e for e in EXPERIMENTS
+                    if os.path.basename(e).startswith("hint_")]
+
+
+@pytest.mark.parametrize("experiment", HINT_EXPERIMENTS)
+def test_hint_experiments_default_to_hints_values(experiment):
+  """README "Differences from HINT's code": each option at HINT's value."""
+  gin_utils.parse([experiment], ["MODEL_DIR = '/tmp/unused'",
+                                 "INITIAL_CHECKPOINT_PATH = '/tmp/unused'"])
+  model = builders.make_model()  # the module only: no parameters are made
+  adapter = model.module.peft_spec.adapter
+  assert adapter.bias and adapter.activation == "gelu"
+  assert model.loss_normalizing_factor == "sum"  # t5x's None
+  assert not model.module.hypernet.separate_encoder  # HINT shares its encoder
+  lrs = {g.name: g.learning_rate for g in optimizers.adafactor_dual().groups}
+  assert lrs == {"hypernet": 1e-3, "backbone": 1e-3}
+  stage1 = "pretrain" in experiment
+  restore = initial_restore.InitialRestore()
+  assert restore.optimizer_state == ("restore_pretrained" if stage1
+                                     else "full_restore")
+  assert restore.hypernet_encoder_from_backbone == stage1
+  if "sni" in experiment:  # Tk-Instruct's budget: the task feature lengths
+    sni_tasks.register_sni(sni_tasks.EMBEDDED_SNI_DIR, prefix="probe",
+                           formats=("def",))
+    assert registry._KEYS["probe_def_test"][-1] == (("hyper_inputs", 1024),
+                                                    ("inputs", 1024))
 
 
 def test_unknown_binding_names_it():

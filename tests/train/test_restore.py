@@ -1,11 +1,22 @@
-"""Tests for hyper_tasks.train.restore and hyper_tasks.train.tree_utils."""
+"""Tests for hyper_tasks.train.restore and hyper_tasks.train.tree_utils, and HINT's
+separate instruction encoder restored from the backbone encoder."""
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
+from tests.train import train_testlib as lib
+from hyper_tasks.convert import hf
+from hyper_tasks.models.hypernets import make_hypernet
+from hyper_tasks.models.model_api import EncoderDecoderModel
+from hyper_tasks.models.peft_spec import AdapterSpec, PeftSpec
+from hyper_tasks.models.transformer import Transformer
+from hyper_tasks.train import initial_restore
+from hyper_tasks.train import optimizers
 from hyper_tasks.train import restore
+from hyper_tasks.train import train_state as ts_lib
 from hyper_tasks.train import tree_utils
 
 
@@ -143,3 +154,76 @@ def test_nested_inputs_are_accepted():
   params, report = restore.restore_params(target, ckpt)
   assert len(report.loaded) == 3 and not report.unused
   assert set(params) == set(_target())
+
+
+# ---- HINT's separate instruction encoder (separate_henc) -----------------------------
+
+def test_prefix_copies_fill_the_hypernet_encoder_from_the_backbone_encoder():
+  target = {"encoder/layers_0/mlp/wo/kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32),
+            "hypernet/encoder/layers_0/mlp/wo/kernel":
+                jax.ShapeDtypeStruct((2, 3), jnp.float32),
+            "hypernet/queries": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  init = {k: np.full(v.shape, 0.5, v.dtype) for k, v in target.items()}
+  ckpt = {"encoder/SelfAttn/wo": _arr((2, 3), 1),
+          "encoder/layers_1/mlp/wo/kernel": _arr((2, 3), 2),  # no such target
+          "hypernet/encoder/layers_0/mlp/wo/kernel": _arr((2, 3), 3),  # replaced
+          "hypernet/queries": _arr((4,), 4)}
+  amap = [(r"encoder/SelfAttn/wo", r"encoder/layers_0/mlp/wo/kernel")]
+  params, report = restore.restore_params(
+      target, ckpt, amap, fallback_to_scratch=True, init_params=init,
+      reinit_patterns=["^hypernet/"],
+      prefix_copies=[("encoder/", "hypernet/encoder/")])
+  # Copied after the assignment map, despite the reinit pattern.
+  np.testing.assert_array_equal(params["hypernet/encoder/layers_0/mlp/wo/kernel"],
+                                ckpt["encoder/SelfAttn/wo"])
+  np.testing.assert_array_equal(params["encoder/layers_0/mlp/wo/kernel"],
+                                ckpt["encoder/SelfAttn/wo"])
+  np.testing.assert_array_equal(params["hypernet/queries"], 0.5)
+  assert report.copied == {"hypernet/encoder/layers_0/mlp/wo/kernel":
+                           "encoder/layers_0/mlp/wo/kernel"}
+  assert report.reinitialised == ["hypernet/queries"]
+  assert report.unused == ["encoder/layers_1/mlp/wo/kernel", "hypernet/queries"]
+  assert "copied (prefix_copies): 1" in report.summary()
+
+
+@pytest.mark.parametrize("from_backbone", [True, False])
+def test_separate_hypernet_encoder_restored_from_an_hf_t5(tmp_path, from_backbone):
+  """InitialRestore.hypernet_encoder_from_backbone (gin/restore/restore_pretrained.gin):
+  a HINT model with its own instruction encoder, restored from an HF T5, starts
+  with ``hypernet/encoder/*`` equal to the checkpoint's ``encoder/*``; the rest of
+  the hypernetwork and its optimizer state are fresh."""
+  cfg = lib.tiny_config(dropout_rate=0.0)
+  spec = PeftSpec(adapter=AdapterSpec(size=4, bias=True, activation="gelu"))
+  net = make_hypernet("hint", cfg, spec, num_heads=2, dropout_rate=0.0,
+                      separate_encoder=True)
+  model = EncoderDecoderModel(Transformer(cfg, spec, net))
+  shapes = ts_lib.init_input_shapes(lib.LENGTHS)
+  backbone = jax.device_get(lib.tiny_t5(dropout_rate=0.0).get_initial_variables(
+      jax.random.PRNGKey(7), shapes, boxed=False)["params"])
+  hf.save_t5(backbone, cfg, str(tmp_path / "hf"))
+  opt = optimizers.adafactor_dual()
+  mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+  layout = ts_lib.make_layout(model, opt, mesh, shapes)
+  fresh = ts_lib.init_state(model, opt, layout, shapes, seed=1)
+  cfg_restore = initial_restore.InitialRestore(
+      path=str(tmp_path / "hf"), fallback_to_scratch=True,
+      reinit_patterns=("^hypernet/",), optimizer_state="restore_pretrained",
+      hypernet_encoder_from_backbone=from_backbone)
+  state, report, notes = initial_restore.restore_initial(cfg_restore, opt, layout,
+                                                        fresh)
+  ckpt = tree_utils.flatten(backbone)
+  new = tree_utils.flatten(jax.device_get(state.params))
+  init = tree_utils.flatten(jax.device_get(fresh.params))
+  henc = sorted(k for k in new if k.startswith("hypernet/encoder/"))
+  assert henc and len(henc) == len([k for k in ckpt if k.startswith("encoder/")])
+  for key in henc:
+    want = ckpt["encoder/" + key[len("hypernet/encoder/"):]] if from_backbone else (
+        init[key])
+    np.testing.assert_array_equal(new[key], want, err_msg=key)
+  for key in new:
+    if key.startswith("hypernet/") and key not in henc:
+      np.testing.assert_array_equal(new[key], init[key], err_msg=key)
+    elif not key.startswith("hypernet/"):
+      np.testing.assert_array_equal(new[key], ckpt[key], err_msg=key)
+  assert sorted(report.copied) == (henc if from_backbone else [])
+  assert any("hypernet/encoder" in n for n in notes) == from_backbone

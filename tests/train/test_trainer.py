@@ -8,6 +8,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.train import train_testlib as lib
+from hyper_tasks.models.model_api import EncoderDecoderModel
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import trainer
@@ -68,6 +69,19 @@ def test_microbatching_matches_the_full_batch(tmp_path, trained):
   micro = _train(tmp_path, num_steps=3, num_microbatches=2)
   np.testing.assert_allclose([h["loss"] for h in micro.history],
                              [h["loss"] for h in full.history[:3]], rtol=2e-5)
+
+
+@pytest.mark.parametrize("factor", [None, 2048 * 114])
+def test_microbatching_matches_the_full_batch_summed_or_constant(tmp_path, factor):
+  """t5x's summed (HINT) and constant normalisers: microbatch gradients add up."""
+  model = EncoderDecoderModel(T5.module, loss_normalizing_factor=factor)
+  runs = [_train(tmp_path / str(m), model, num_steps=2, num_microbatches=m)
+          for m in (1, 2)]
+  np.testing.assert_allclose([h["loss"] for h in runs[1].history],
+                             [h["loss"] for h in runs[0].history], rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(runs[1].state.params),
+                  jax.tree.leaves(runs[0].state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def _instruction_groups(dedupe, group=2):

@@ -68,5 +68,5 @@ def make_hypernet(name: str, config: T5Config, spec: PeftSpec,
   if unknown:
     raise ValueError(f"hypernet {name!r}: unknown option(s) {unknown}; "
                      f"allowed {sorted(fields)}.")
-  check_spec(name, spec, config, cls.SUPPORTED)
+  check_spec(name, spec, config, cls.SUPPORTED, cls.ADAPTER_BIAS)
   return cls(config=config, spec=spec, **kwargs)

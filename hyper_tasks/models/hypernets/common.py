@@ -13,10 +13,12 @@ large sizes. :func:`row_layout` says which axis is the row axis;
 :func:`rows_to_slot` puts the rows back into the slot's shape.
 
 Output scaling. Each generated tensor is ``output_scale * fan_in**-0.5 * raw`` where
-``fan_in`` is the slot's input dimension for weight matrices (adapters, LoRA) and 1
-otherwise (prefixes, prompt, IA3), so a unit-variance head output yields a
-well-scaled weight. The last layer of heads for *output-side* tensors (adapter up,
-LoRA B, prefix values, IA3) starts at ``small_init`` times the usual scale, so an
+``fan_in`` is the slot's input dimension for weight matrices (adapters, LoRA), the
+backbone width ``d_model`` for adapter biases (HINT divides every generated tensor by
+``sqrt(d_model)``) and 1 otherwise (prefixes, prompt, IA3), so a unit-variance head
+output yields a well-scaled weight. The last layer of heads for *output-side*
+tensors (adapter up and its bias, LoRA B, prefix values, IA3) starts at
+``small_init`` times the usual scale, so an
 untrained hypernetwork leaves the backbone close to plain T5 while every gradient is
 non-zero from the first step. ``output_scale = 0`` makes the hypernetwork emit exact
 zeros (used by the identity tests).
@@ -53,12 +55,14 @@ def method_of(name: str) -> str:
 
 
 def check_spec(hypernet: str, spec: PeftSpec, cfg: T5Config,
-               supported: Sequence[str]) -> list[Slot]:
+               supported: Sequence[str], adapter_bias: bool = True) -> list[Slot]:
   """The spec's slots, after checking that ``hypernet`` can generate all of them.
 
+  Args:
+    adapter_bias: whether the hypernetwork can generate adapter biases.
   Raises:
-    ValueError: the spec generates nothing, or contains a method the hypernetwork
-      cannot produce (naming both).
+    ValueError: the spec generates nothing, or contains a method (or adapter
+      biases) the hypernetwork cannot produce (naming both).
   """
   slots = spec.slots(cfg)
   if not slots:
@@ -71,17 +75,31 @@ def check_spec(hypernet: str, spec: PeftSpec, cfg: T5Config,
         f"hypernet {hypernet!r} cannot produce PEFT method(s) {bad}; it generates "
         f"only {tuple(supported)}. Drop them from the PEFT spec or choose another "
         "hypernetwork ('hint' generates every method).")
+  if spec.adapter is not None and spec.adapter.bias and not adapter_bias:
+    raise ValueError(
+        f"hypernet {hypernet!r} generates bias-free adapters; set "
+        "models.make_peft_spec.adapter_bias=False (ADAPTER_BIAS) or use 'hint'.")
   return slots
 
 
 def is_output_side(name: str) -> bool:
   """Types whose zero makes the method the identity; they start near zero."""
-  return (name in ("adapter_up", "prefix_value") or name.startswith("ia3_")
+  return (name in ("adapter_up", "adapter_up_bias", "prefix_value")
+          or name.startswith("ia3_")
           or (name.startswith("lora_") and name.endswith("_b")))
 
 
-def target_scale(slot: Slot) -> float:
-  """``fan_in ** -0.5`` for weight matrices (adapters, LoRA), else 1."""
+def target_scale(slot: Slot, d_model: Optional[int] = None) -> float:
+  """``fan_in ** -0.5`` for weight matrices (adapters, LoRA), ``d_model ** -0.5`` for
+  adapter biases (as HINT scales them), else 1.
+
+  Raises:
+    ValueError: an adapter bias without ``d_model``.
+  """
+  if slot.name.startswith("adapter_") and slot.name.endswith("_bias"):
+    if not d_model:
+      raise ValueError(f"target_scale({slot.name!r}) needs the backbone d_model.")
+    return float(d_model) ** -0.5
   if method_of(slot.name) in ("adapter", "lora"):
     return float(slot.shape[0]) ** -0.5
   return 1.0
@@ -133,9 +151,11 @@ def group_by_type(slots: Sequence[Slot]) -> "collections.OrderedDict[str, list[S
   return groups
 
 
-def finish(slot: Slot, value: Array, output_scale: float) -> Array:
-  """Scale one generated ``[B, *slot.shape]`` tensor and name its axes."""
-  value = value * (output_scale * target_scale(slot))
+def finish(slot: Slot, value: Array, output_scale: float,
+           d_model: Optional[int] = None) -> Array:
+  """Scale one generated ``[B, *slot.shape]`` tensor and name its axes
+  (``d_model``: the backbone width, needed for adapter biases)."""
+  value = value * (output_scale * target_scale(slot, d_model))
   return constrain(value, ("batch",) + slot.axes)
 
 
@@ -300,6 +320,7 @@ class HypernetBase(nn.Module):
 
   NAME = "base"
   SUPPORTED: tuple[str, ...] = METHODS
+  ADAPTER_BIAS = True  # can generate adapter biases
 
   @property
   def has_encoder(self) -> bool:
@@ -334,7 +355,8 @@ class HypernetBase(nn.Module):
     return self.encoder(x, mask, deterministic=deterministic)
 
   def slots(self) -> list[Slot]:
-    return check_spec(self.NAME, self.spec, self.config, self.SUPPORTED)
+    return check_spec(self.NAME, self.spec, self.config, self.SUPPORTED,
+                      self.ADAPTER_BIAS)
 
   def attn_head_dim(self) -> int:
     if self.dim % self.num_heads:
@@ -367,7 +389,8 @@ class HypernetBase(nn.Module):
       offset += n
       out = out.reshape(b, len(group), lay.rows, lay.width)
       for i, s in enumerate(group):
-        values[s.path] = finish(s, rows_to_slot(out[:, i], lay), self.output_scale)
+        values[s.path] = finish(s, rows_to_slot(out[:, i], lay), self.output_scale,
+                                self.config.d_model)
     return offset
 
 

@@ -11,7 +11,7 @@ Layer handling (``layer_embedding``):
   * ``"shared"``: one MLP for all sites; a learned site embedding is added to the
     projected instruction, so the same weights serve every layer.
 
-Generates adapters only.
+Generates adapters only, without biases (any activation).
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ class Hypter(common.HypernetBase):
 
   NAME = "hypter"
   SUPPORTED = ("adapter",)
+  ADAPTER_BIAS = False
 
   @nn.compact
   def __call__(self, h, mask, deterministic: bool = True) -> dict:

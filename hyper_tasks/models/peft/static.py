@@ -2,8 +2,9 @@
 
 The static baselines (per-task or multi-task adapters/prefixes/LoRA/prompt/IA3) use
 exactly the layers the hypernetworks feed; only the source of the tensors differs.
-Initialisation makes the untrained model equal plain T5 (zero ``up``/``B``/IA3) while
-keeping gradients alive (non-zero ``down``/``A``/prefixes/prompt).
+Initialisation makes the untrained model equal plain T5 (zero ``up``/``B``/IA3 and
+adapter biases) while keeping gradients alive (non-zero ``down``/``A``/prefixes/
+prompt).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import jax.numpy as jnp
 from hyper_tasks.models.config import T5Config
 from hyper_tasks.models.peft_spec import PeftSpec, Slot
 
-ZERO_INIT = ("adapter_up", "ia3_k", "ia3_v", "ia3_ff")
+ZERO_INIT = ("adapter_up", "adapter_down_bias", "adapter_up_bias", "ia3_k", "ia3_v",
+             "ia3_ff")
 
 
 def slot_init(slot: Slot):
