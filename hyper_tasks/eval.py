@@ -79,7 +79,7 @@ def evaluate(*, model, model_dir: str,
              checkpoint_format: str = "auto", assignment_map=(),
              max_examples: Optional[int] = None,
              evaluate_kwargs: Optional[Mapping[str, Any]] = None,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, check: Any = None) -> list[dict]:
   """Evaluates checkpoint(s) and writes their reports; returns the reports.
 
   Args:
@@ -95,16 +95,27 @@ def evaluate(*, model, model_dir: str,
     evaluate_kwargs: further ``evaluate_many`` arguments (``decode_method``,
       ``controls``, ...).
     progress: progress bars.
+    check: a ``preflight.CheckOptions`` (``--check``): check the data, lengths
+      and checkpoint trees without evaluating; returns ``[CheckReport]``.
   """
   # pylint: disable=g-import-not-at-top
   from hyper_tasks.evaluation import evaluator
   from hyper_tasks.evaluation import report as report_lib
   from hyper_tasks.train import trainer
   from hyper_tasks.data import pipeline
-  model_dir = trainer.check_model_dir(model_dir)
+  from hyper_tasks.train import preflight
   names = ([mixture_or_task_names] if isinstance(mixture_or_task_names, str)
            else list(mixture_or_task_names))
   pipeline.check_vocabulary(names, model.config.vocab_size, where="eval")
+  if check is not None:
+    return [preflight.eval_report(
+        kind="eval", model=model, names=names, split=split,
+        sequence_lengths=sequence_lengths, batch_size=batch_size,
+        checkpoints_to_load=checkpoint_steps_to_load(model_dir, checkpoint_path,
+                                                     checkpoint_step),
+        abstract_params=abstract_params(model, sequence_lengths),
+        checkpoint_format=checkpoint_format, assignment_map=assignment_map)]
+  model_dir = trainer.check_model_dir(model_dir)
   reports = []
   for path, step in checkpoint_steps_to_load(model_dir, checkpoint_path,
                                              checkpoint_step):
@@ -135,11 +146,27 @@ def _run_main(argv, module_name, fn_name, description) -> int:
   dotted, rest = gin_utils.split_gin_args(argv)
   parser = argparse.ArgumentParser(description=description)
   gin_utils.add_gin_flags(parser)
-  args = gin_utils.gin_args_from(parser.parse_args(rest), dotted)
+  gin_utils.add_check_flags(parser)
+  namespace = parser.parse_args(rest)
+  gin_utils.prepare_check(namespace)
+  args = gin_utils.gin_args_from(namespace, dotted)
   gin_utils.parse_from_args(args)
-  from hyper_tasks.data import registry  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from hyper_tasks.data import registry
+  from hyper_tasks.train import preflight
+  fn = getattr(importlib.import_module(module_name), fn_name)
+  if namespace.check:
+    try:
+      registry.register_all()
+      preflight.verify_devices(namespace.check_devices)
+      out = fn(check=preflight.CheckOptions(compile=namespace.compile))
+    except Exception as e:  # pylint: disable=broad-except
+      return preflight.print_failure(e)
+    for report in out if isinstance(out, list) else [out]:
+      print(report.format(), flush=True)
+    return 0
   registry.register_all()
-  getattr(importlib.import_module(module_name), fn_name)()
+  fn()
   return 0
 
 

@@ -264,3 +264,32 @@ def write_operative_config(model_dir: str) -> str:
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)
   return path
+
+
+def add_check_flags(parser: argparse.ArgumentParser) -> None:
+  """``--check`` / ``--compile`` / ``--check_devices`` (see ``train/preflight.py``)."""
+  parser.add_argument("--check", action="store_true",
+                      help="resolve and check the configuration (data, vocabulary, "
+                           "lengths, mesh, restore plan, lowered step) without "
+                           "running it.")
+  parser.add_argument("--compile", action="store_true",
+                      help="with --check: also compile and report XLA's memory "
+                           "analysis.")
+  parser.add_argument("--check_devices", type=int, default=None,
+                      help="with --check: fake this many CPU devices (a mesh for "
+                           "a machine you do not have).")
+
+
+def prepare_check(namespace: argparse.Namespace) -> None:
+  """Applies ``--check_devices`` before JAX starts (call before :func:`parse`;
+  ``preflight.verify_devices`` confirms it took effect)."""
+  if namespace.compile and not namespace.check:
+    raise SystemExit("--compile needs --check.")
+  if namespace.check_devices:
+    if not namespace.check:
+      raise SystemExit("--check_devices needs --check.")
+    flag = f"--xla_force_host_platform_device_count={namespace.check_devices}"
+    os.environ["XLA_FLAGS"] = " ".join(
+        [f for f in os.environ.get("XLA_FLAGS", "").split()
+         if not f.startswith("--xla_force_host_platform_device_count")] + [flag])
+    os.environ["JAX_PLATFORMS"] = "cpu"

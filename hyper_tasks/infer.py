@@ -33,18 +33,28 @@ def infer(*, model, model_dir: str, mixture_or_task_name: str,
           assignment_map=(), output_path: Optional[str] = None,
           max_examples: Optional[int] = None,
           infer_kwargs: Optional[Mapping[str, Any]] = None,
-          progress: bool = True) -> str:
+          progress: bool = True, check: Any = None) -> str:
   """Writes predictions for one task or mixture; returns the JSONL path.
 
   Args: as :func:`hyper_tasks.eval.evaluate`; ``infer_kwargs`` go to
-  ``evaluator.infer`` (``decode_method``, ``num_beams``, ...).
+  ``evaluator.infer`` (``decode_method``, ``num_beams``, ...). ``check``
+  (``--check``): check without predicting; returns a ``preflight.CheckReport``.
   """
   # pylint: disable=g-import-not-at-top
   from hyper_tasks.evaluation import evaluator
   from hyper_tasks.train import trainer
   from hyper_tasks.data import pipeline
+  from hyper_tasks.train import preflight
   pipeline.check_vocabulary([mixture_or_task_name], model.config.vocab_size,
                             where="infer")
+  if check is not None:
+    return preflight.eval_report(
+        kind="infer", model=model, names=[mixture_or_task_name], split=split,
+        sequence_lengths=sequence_lengths, batch_size=batch_size,
+        checkpoints_to_load=eval_lib.checkpoint_steps_to_load(
+            model_dir, checkpoint_path, checkpoint_step),
+        abstract_params=eval_lib.abstract_params(model, sequence_lengths),
+        checkpoint_format=checkpoint_format, assignment_map=assignment_map)
   model_dir = trainer.check_model_dir(model_dir)
   (path, step), = eval_lib.checkpoint_steps_to_load(model_dir, checkpoint_path,
                                                     checkpoint_step)

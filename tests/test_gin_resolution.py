@@ -6,15 +6,10 @@ directory on ``sys.path``) and crashed on ``include 'runs/finetune_sni.gin'``, a
 stray ``models/base.gin`` in the working directory would have shadowed the
 repository's.
 """
-import os
-import subprocess
-import sys
-
 import gin
 import pytest
 
 from hyper_tasks import gin_utils
-from tests.conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -79,21 +74,5 @@ def test_missing_include_names_the_file(tmp_path):
     gin_utils.parse([str(bad)], finalize=False)
 
 
-def test_readme_train_command_from_repo_root_with_runs_dir(tmp_path):
-  """The README's train command, from the repository root with ``runs/`` present
-  (``--check``: the real configuration resolved, nothing trained)."""
-  runs = REPO / "runs"
-  made = not runs.exists()
-  runs.mkdir(exist_ok=True)
-  try:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hyper_tasks.train",
-         "--gin_file=experiments/hint_finetune_sni.gin", "--gin_file=tiny.gin",
-         f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  finally:
-    if made:
-      runs.rmdir()
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "finished step 1" in proc.stdout
+# The README's train command from the repository root with runs/ present, as a
+# process: tests/train/test_preflight.py::test_readme_command_from_repo_root_with_runs_dir_on_a_2x2_mesh.

@@ -260,19 +260,7 @@ def load_t5(path: str, dtype: Any = None, **config_overrides):
   Raises:
     ConversionError: naming the file and keys when anything does not fit.
   """
-  cfg_path = os.path.join(path, "config.json")
-  if not os.path.isdir(path):
-    raise ConversionError(f"{path}: not a directory.")
-  if not os.path.exists(cfg_path):
-    raise ConversionError(f"{cfg_path}: missing (not an HF model directory).")
-  try:
-    with open(cfg_path) as f:
-      hf_cfg = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ConversionError(f"{cfg_path}: malformed JSON: {e}") from e
-  if not isinstance(hf_cfg, dict):
-    raise ConversionError(f"{cfg_path}: expected a JSON object, got "
-                          f"{type(hf_cfg).__name__}.")
+  hf_cfg, cfg_path = _read_json_config(path)
   # Reject unsupported architectures before touching (possibly huge) weights.
   config_from_hf(hf_cfg, cfg_path)
   if dtype is not None:
@@ -287,6 +275,112 @@ def load_t5(path: str, dtype: Any = None, **config_overrides):
   cfg = config_from_hf(hf_cfg, cfg_path, **config_overrides)
   params = params_from_hf_state(state, cfg, source)
   return Transformer(cfg), params
+
+
+def _read_json_config(path: str) -> tuple[dict, str]:
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.isdir(path):
+    raise ConversionError(f"{path}: not a directory.")
+  if not os.path.exists(cfg_path):
+    raise ConversionError(f"{cfg_path}: missing (not an HF model directory).")
+  try:
+    with open(cfg_path) as f:
+      hf_cfg = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ConversionError(f"{cfg_path}: malformed JSON: {e}") from e
+  if not isinstance(hf_cfg, dict):
+    raise ConversionError(f"{cfg_path}: expected a JSON object, got "
+                          f"{type(hf_cfg).__name__}.")
+  return hf_cfg, cfg_path
+
+
+def _tensor_shapes(path: str) -> tuple[dict[str, tuple[tuple[int, ...], str]], Any,
+                                       str]:
+  """``({HF key: (shape, dtype name)}, reader for a few rows, source)`` from the
+  file headers only (safetensors) or a memory-mapped state dict (torch)."""
+  st = os.path.join(path, "model.safetensors")
+  index = os.path.join(path, "model.safetensors.index.json")
+  binf = os.path.join(path, "pytorch_model.bin")
+  from safetensors import safe_open
+  if os.path.exists(st) or os.path.exists(index):
+    if os.path.exists(st):
+      files, source = [st], st
+    else:
+      try:
+        with open(index) as f:
+          files = sorted({os.path.join(path, v)
+                          for v in json.load(f)["weight_map"].values()})
+      except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ConversionError(f"{index}: malformed index: {e!r}") from e
+      source = index
+    shapes, where = {}, {}
+    for file in files:
+      if not os.path.exists(file):
+        raise ConversionError(f"{source}: shard {file} is missing.")
+      try:
+        with safe_open(file, framework="numpy") as f:
+          for key in f.keys():
+            sl = f.get_slice(key)
+            shapes[key] = (tuple(sl.get_shape()), sl.get_dtype())
+            where[key] = file
+      except Exception as e:  # safetensors raises several types
+        raise ConversionError(f"{file}: cannot read safetensors header: {e}") from e
+
+    def rows(key, n):
+      with safe_open(where[key], framework="numpy") as f:
+        return np.asarray(f.get_slice(key)[:n], np.float32)
+    return shapes, rows, source
+  if os.path.exists(binf):
+    try:
+      import torch
+      sd = torch.load(binf, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # ImportError, pickle/zip errors
+      raise ConversionError(f"{binf}: cannot read PyTorch state dict: {e}") from e
+    return ({k: (tuple(v.shape), str(v.dtype)) for k, v in sd.items()},
+            lambda key, n: sd[key][:n].float().numpy(), binf)
+  raise ConversionError(f"{path}: no model.safetensors, model.safetensors.index.json "
+                        "or pytorch_model.bin found.")
+
+
+def read_param_shapes(path: str) -> tuple[T5Config, dict[str, tuple[int, ...]]]:
+  """``(config, {our parameter path: shape})`` of an HF T5 directory, checked
+  against its config, without reading the weights (headers only; the tie check
+  compares the first rows of ``lm_head`` and ``shared``).
+
+  Raises:
+    ConversionError: as :func:`load_t5` would, naming the file and keys.
+  """
+  hf_cfg, cfg_path = _read_json_config(path)
+  config_from_hf(hf_cfg, cfg_path)
+  shapes, rows, source = _tensor_shapes(path)
+  tied = "lm_head.weight" not in shapes or ("shared.weight" in shapes and np.array_equal(
+      rows("lm_head.weight", 4), rows("shared.weight", 4)))
+  cfg = config_from_hf(hf_cfg, cfg_path, tie_word_embeddings=tied)
+  table = _untranslate_table(cfg)
+  wanted = {hf_key: (ours, tr) for ours, (hf_key, tr) in table.items()}
+  out, unmapped = {}, []
+  for key, (shape, _) in shapes.items():
+    if any(re.fullmatch(p, key) for p in _TIED_COPIES) or (
+        key == "lm_head.weight" and tied):
+      continue
+    if key not in wanted:
+      unmapped.append(key)
+      continue
+    ours, transform = wanted[key]
+    out[ours] = tuple(reversed(shape)) if transform == "T" else tuple(shape)
+  if unmapped:
+    raise ConversionError(f"{source}: unmapped keys for this config: "
+                          f"{sorted(unmapped)}")
+  missing = sorted(set(table) - set(out))
+  if missing:
+    raise ConversionError(f"{source}: missing keys "
+                          f"{sorted(table[m][0] for m in missing)}")
+  expected = _expected_shapes(cfg)
+  bad = [f"{table[k][0]} -> {k}: expected {expected[k]}, got {v}"
+         for k, v in out.items() if expected[k] != v]
+  if bad:
+    raise ConversionError(f"{source}: shape mismatch: " + "; ".join(bad))
+  return cfg, out
 
 
 def save_t5(params: dict, cfg: T5Config, path: str) -> None:

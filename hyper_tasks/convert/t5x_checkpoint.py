@@ -143,6 +143,31 @@ def read_t5x_state(path: str, step: Optional[int] = None) -> dict[str, Any]:
           for k, v in flat.items()}
 
 
+def read_param_shapes(path: str, step: Optional[int] = None
+                      ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+  """``({parameter path: shape}, optimizer-state keys)`` of a t5x checkpoint,
+  without reading tensorstore arrays (their shapes come from the specs)."""
+  ckpt_file = find_checkpoint_file(path, step)
+  with open(ckpt_file, "rb") as f:
+    contents = serialization.msgpack_restore(f.read())
+  version = contents.get("version", 0) if isinstance(contents, Mapping) else 0
+  if 0 < version < 2:
+    raise ValueError(f"t5x checkpoint version {version} is not supported (< 2).")
+  optimizer = contents if version == 0 else contents["optimizer"]
+  flat = tree_utils.flatten(optimizer, is_leaf=is_tensorstore_spec)
+  params, opt_keys = {}, []
+  for key, value in flat.items():
+    if key.startswith("target/"):
+      shape = (tuple(value["metadata"]["shape"]) if is_tensorstore_spec(value)
+               else tuple(np.shape(value)))
+      params[key[len("target/"):]] = shape
+    else:
+      opt_keys.append(key)
+  if not params:
+    raise ValueError(f"No 'target' parameters in the t5x checkpoint at {path!r}.")
+  return params, opt_keys
+
+
 def load_t5x_checkpoint(path: str, step: Optional[int] = None,
                         restore_dtype: Any = None
                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],

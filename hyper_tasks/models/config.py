@@ -38,6 +38,9 @@ class T5Config:
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
   dropout_rate: float = 0.1
+  # Longest sequence (instruction, input or target) the model is configured for;
+  # None: no limit (relative positions). Checked by ``--check`` and the trainer.
+  max_sequence_length: Optional[int] = None
   # Computation dtype; parameters always stay float32.
   dtype: Any = jnp.float32
   pad_id: int = 0

@@ -3,7 +3,8 @@
 Parses the gin flags (``hyper_tasks.gin_utils``), registers the data sources the
 config names (``hyper_tasks.data.register_all``, gin-configurable), and calls
 ``hyper_tasks.train.trainer.train()`` with everything bound by gin. Exit code 0 on
-completion or after a preemption save, non-zero on error.
+completion or after a preemption save, non-zero on error. ``--check`` resolves
+and checks the configuration without training (``hyper_tasks/train/preflight.py``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from typing import Optional
 from hyper_tasks import gin_utils
 
 
+# The report of the last ``--check`` in this process (tests, notebooks).
+LAST_CHECK = None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   dotted, rest = gin_utils.split_gin_args(argv)
@@ -23,11 +28,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       prog="python -m hyper_tasks.train",
       description="Train a hyper-tasks model from gin files.")
   gin_utils.add_gin_flags(parser)
-  args = gin_utils.gin_args_from(parser.parse_args(rest), dotted)
+  gin_utils.add_check_flags(parser)
+  namespace = parser.parse_args(rest)
+  gin_utils.prepare_check(namespace)
+  args = gin_utils.gin_args_from(namespace, dotted)
   gin_utils.parse_from_args(args)
   # pylint: disable=g-import-not-at-top
   from hyper_tasks.data import registry
+  from hyper_tasks.train import preflight
   from hyper_tasks.train import trainer
+  if namespace.check:
+    try:
+      registry.register_all()
+      preflight.verify_devices(namespace.check_devices)
+      report = trainer.train(check=preflight.CheckOptions(
+          compile=namespace.compile))
+    except Exception as e:  # pylint: disable=broad-except
+      return preflight.print_failure(e)
+    global LAST_CHECK
+    LAST_CHECK = report
+    print(report.format(), flush=True)
+    return 0
   registry.register_all()
   result = trainer.train()
   step = int(result.state.step)

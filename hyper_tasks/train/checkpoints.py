@@ -228,6 +228,17 @@ class Checkpointer:
         **{_METADATA: ocp.args.JsonRestore()}))
     return dict(out[_METADATA])
 
+  def saved_tree(self, step: Optional[int] = None) -> PyTree:
+    """The saved state's tree of metadata leaves (``shape``, ``dtype``), read
+    without loading any array."""
+    step = self._resolve_step(step)
+    saved = self._manager.item_metadata(step)[_STATE]
+    return getattr(saved, "tree", saved)
+
+  def saved_shapes(self, step: Optional[int] = None) -> dict[str, tuple[int, ...]]:
+    """``{state path: shape}`` of a checkpoint (``params/...``, ``opt_state/...``)."""
+    return _leaf_shapes(self.saved_tree(step), is_leaf=_is_metadata_leaf)
+
   def restore(self, step: Optional[int] = None, target: PyTree = None
               ) -> tuple[PyTree, dict[str, Any]]:
     """Restores ``(state, metadata)`` from ``step`` (default: latest).
@@ -247,9 +258,7 @@ class Checkpointer:
     if target is None:
       state_args = ocp.args.StandardRestore()
     else:
-      saved = self._manager.item_metadata(step)[_STATE]
-      saved_tree = getattr(saved, "tree", saved)
-      check_matches(saved_tree, target)
+      check_matches(self.saved_tree(step), target)
       state_args = ocp.args.StandardRestore(jax.tree.map(_abstract, target))
     out = self._manager.restore(step, args=ocp.args.Composite(**{
         _STATE: state_args, _METADATA: ocp.args.JsonRestore()}))

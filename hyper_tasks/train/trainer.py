@@ -55,6 +55,7 @@ from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore as init_restore_lib
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import partitioning
+from hyper_tasks.train import preflight
 from hyper_tasks.train import restore
 from hyper_tasks.train import step_fn
 from hyper_tasks.train import summaries as summaries_lib
@@ -192,7 +193,8 @@ def train(*,
           hooks: Sequence[Hook] = (),
           dataset_fn: Optional[Callable[..., Any]] = None,
           compiler_options: Optional[Mapping[str, Any]] = None,
-          instruction_group_size: int = 1) -> TrainResult:
+          instruction_group_size: int = 1,
+          check: Optional[preflight.CheckOptions] = None) -> TrainResult:
   """Trains ``model`` on a seqio task or mixture (see the module docstring).
 
   Args:
@@ -235,12 +237,19 @@ def train(*,
       encodings per step instead of ``B``; see ``pipeline.get_dataset``). The
       number of groups must divide by the data-parallel size and
       ``num_microbatches``.
+    check: ``--check``: resolve and check everything (data, vocabulary, lengths,
+      mesh, restore plan, lowered step; see ``preflight.py``) without training or
+      writing anything.
 
   Returns:
-    ``TrainResult(state, history, restore_report, preempted)``.
+    ``TrainResult(state, history, restore_report, preempted)``; with ``check`` a
+    ``preflight.CheckReport``.
   """
   partitioning.maybe_initialize_distributed()
-  model_dir = check_model_dir(model_dir)
+  if check is None:
+    model_dir = check_model_dir(model_dir)
+  elif not model_dir:
+    raise ValueError("MODEL_DIR is not set.")
   optimizer = optimizers.adafactor_dual() if optimizer is None else optimizer
   if compute_dtype:
     model = with_compute_dtype(model, compute_dtype)
@@ -274,9 +283,15 @@ def train(*,
     from hyper_tasks.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
     pipeline.check_vocabulary([mixture_or_task_name], model.config.vocab_size,
                               where="train")
-    if _writes_summaries():
+    if _writes_summaries() and check is None:
       vocab_lib.save_to_model_dir(pipeline.task_vocabulary(mixture_or_task_name),
                                   model_dir)
+  preflight.check_lengths(sequence_lengths, model)
+  if check is not None:
+    return _check(check, model, optimizer, mesh, rules, sequence_lengths, batch_size,
+                  mixture_or_task_name, split, shuffle, data_seed, pack, group,
+                  num_microbatches, compiler_options, initial_restore, model_dir,
+                  dataset_fn)
 
   in_main_thread = threading.current_thread() is threading.main_thread()
   checkpoints.clear_preemption()
@@ -369,6 +384,34 @@ def train(*,
       summaries.close()
     if uninstall is not None:
       uninstall()
+
+
+def _check(options, model, optimizer, mesh, rules, sequence_lengths, batch_size,
+           name, split, shuffle, data_seed, pack, group, num_microbatches,
+           compiler_options, initial, model_dir, dataset_fn
+           ) -> preflight.CheckReport:
+  """``train(check=...)``: everything up to the first step, nothing run or written."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    input_shapes = ts_lib.init_input_shapes(sequence_lengths)
+    fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
+                    compiler_options)
+    shard_id, num_shards = partitioning.host_shard_info()
+    local_batch = batch_size // num_shards
+    if dataset_fn is not None:
+      data = dataset_fn(start_batch=0, shard_id=shard_id, num_shards=num_shards,
+                        batch_size=local_batch)
+    else:
+      from hyper_tasks.data import pipeline  # pylint: disable=g-import-not-at-top
+      data = pipeline.get_dataset(
+          name, split, sequence_lengths, local_batch, shuffle=shuffle,
+          seed=data_seed, shard_id=shard_id, num_shards=num_shards, pack=pack,
+          instruction_group_size=group)
+    batch = next(iter(data))
+    return preflight.train_report(
+        model=model, optimizer=optimizer, fns=fns, mesh=mesh,
+        sequence_lengths=sequence_lengths, batch_size=batch_size, batch=batch,
+        initial_restore=initial, model_dir=model_dir, options=options,
+        mixture_or_task_name=name, num_microbatches=num_microbatches)
 
 
 def _write_config(model_dir: str) -> None:
