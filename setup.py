@@ -7,8 +7,9 @@ from setuptools.command.build_py import build_py as _build_py
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 INSTALL_REQUIRES = [
-    "jax>=0.4.35,<0.13",
-    "jaxlib>=0.4.35,<0.13",
+    # jax.set_mesh (the trainer's mesh context) is new in 0.7.1.
+    "jax>=0.7.1,<0.13",
+    "jaxlib>=0.7.1,<0.13",
     "flax>=0.10.0,<0.13",
     "optax>=0.2.3,<0.3",
     "orbax-checkpoint>=0.10.0,<0.13",
@@ -37,6 +38,10 @@ TEST_REQUIRES = [
     "ipykernel>=6.29,<8",
     "matplotlib>=3.8,<4",
 ]
+
+# Accelerators: `pip install -e ".[gpu]"` (CUDA 12 wheels) or `".[tpu]"` (libtpu).
+GPU_REQUIRES = ["jax[cuda12]>=0.7.1,<0.13"]
+TPU_REQUIRES = ["jax[tpu]>=0.7.1,<0.13"]
 
 # Running the notebooks by hand (the test extra covers them too).
 NOTEBOOK_REQUIRES = ["jupyter>=1.0,<2", "matplotlib>=3.8,<4"]
@@ -80,6 +85,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "notebooks": NOTEBOOK_REQUIRES,
+                    "gpu": GPU_REQUIRES, "tpu": TPU_REQUIRES},
     entry_points={"console_scripts": ["hyper-tasks=hyper_tasks.cli:main"]},
 )

@@ -7,9 +7,11 @@
 #   SNI_DIR, C4_PATH, P3_TEMPLATES_DIR, P3_DATA_DIR, TFDS_DATA_DIR,
 #   INITIAL_CHECKPOINT_PATH   forwarded as the gin macros of the same names when set
 #   EXPERIMENT                the experiment gin file (each script has a default)
-# Arguments: --dry_run (resolve the whole configuration, stack gin/tiny.gin and run one
-# step at tiny size on the embedded stand-in data), anything else is forwarded to the
-# entry point (e.g. --gin.TRAIN_STEPS=20000 --gin.BATCH_SIZE=128 --gin_file=...).
+# Arguments: --check (check the real configuration as configured: data, vocabulary,
+# lengths, mesh, restore plan, lowered step, without running it; MODEL_DIR may be
+# unset; --compile / --check_devices=N go with it), --dry_run (stack gin/tiny.gin and
+# run one step at tiny size on the embedded stand-in data), anything else is forwarded
+# to the entry point (e.g. --gin.TRAIN_STEPS=20000 --gin.BATCH_SIZE=128 --gin_file=...).
 
 _job_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -19,12 +21,13 @@ _job_python() {
   else echo python3; fi
 }
 
-# Split "$@" into DRY_RUN (0/1) and PASS (the rest).
+# Split "$@" into DRY_RUN (0/1), CHECK (0/1) and PASS (the rest; --check stays in it).
 _job_parse() {
-  DRY_RUN=0; PASS=()
+  DRY_RUN=0; CHECK=0; PASS=()
   for a in "$@"; do
     case "$a" in
       --dry_run|--dry-run) DRY_RUN=1 ;;
+      --check) CHECK=1; PASS+=("$a") ;;
       *) PASS+=("$a") ;;
     esac
   done
@@ -54,6 +57,9 @@ run_job() {
     : "${MODEL_DIR:=$(mktemp -d "${TMPDIR:-/tmp}/hyper_tasks_dry_run.XXXXXX")}"
     tiny=(--gin_file=tiny.gin --gin.TRAIN_STEPS=1)
     export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+  elif [ "$CHECK" = 1 ]; then
+    # A check writes nothing; MODEL_DIR only names where a real run would write.
+    : "${MODEL_DIR:=${TMPDIR:-/tmp}/hyper_tasks_check_model_dir}"
   fi
   if [ -z "${MODEL_DIR:-}" ]; then
     echo "error: set MODEL_DIR (a local path or a gs:// URL: MODEL_DIR=<where the run writes> $0 ...)" >&2

@@ -11,9 +11,7 @@ run() { if [ "${DRY:-0}" = 1 ]; then echo "+ $*"; else "$@"; fi; }
 PY="${PYTHON:-python3}"
 run "$PY" -m venv .venv
 run .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-run .venv/bin/python -m pip install -q -e .
-# The TPU build of jaxlib (libtpu) for the jax version the package resolved.
-run .venv/bin/python -m pip install -q "jax[tpu]" \
-    -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
+# The package with JAX's TPU extra (libtpu from the package index).
+run .venv/bin/python -m pip install -q -e ".[tpu]"
 run .venv/bin/python -c "import jax; print(jax.device_count(), 'devices:', jax.devices()[:4])"
 echo "TPU VM ready. Multi-host jobs: bind hyper_tasks.train.partitioning.maybe_initialize_distributed.auto = True."

@@ -67,7 +67,9 @@ def test_tpu_setup_dry_run_prints_the_install(tmp_path):
                         env=_env(tmp_path), capture_output=True, text=True,
                         timeout=60)
   assert proc.returncode == 0, proc.stderr
-  assert "jax[tpu]" in proc.stdout and "-m venv .venv" in proc.stdout
+  assert '-e .[tpu]' in proc.stdout and "-m venv .venv" in proc.stdout
+  # The tpu extra is JAX's TPU build.
+  assert '"jax[tpu]' in (REPO / "setup.py").read_text()
 
 
 def test_scripts_bake_in_no_path_or_bucket():

@@ -21,7 +21,18 @@ Typical use::
                              batch_size=32, seed=0)
   examples = data.load_examples("sni_def_test", "test")
 """
-from hyper_tasks.data import features
+# TensorFlow only runs the input pipelines: keep it off GPUs (and TPUs) so it
+# cannot take the accelerator memory JAX needs. Before anything imports the
+# pipelines; a TensorFlow that already initialised its devices is left alone.
+import tensorflow as _tf
+
+try:
+  _tf.config.set_visible_devices([], "GPU")
+  _tf.config.set_visible_devices([], "TPU")
+except (RuntimeError, ValueError):  # devices already initialised / no such type
+  pass
+
+from hyper_tasks.data import features  # pylint: disable=g-import-not-at-top
 from hyper_tasks.data.converters import HyperEncDecFeatureConverter
 from hyper_tasks.data.converters import TruncationCounter
 from hyper_tasks.data.pipeline import BatchIterator

@@ -91,6 +91,20 @@ def check_model_dir(model_dir: str) -> str:
   return model_dir
 
 
+ACCELERATOR_COMPUTE_DTYPE = "bfloat16"
+
+
+def resolve_compute_dtype(compute_dtype: Optional[str],
+                          backend: Optional[str] = None) -> Optional[str]:
+  """``"auto"`` -> bfloat16 on GPU/TPU, None (the model's own dtype) on CPU; any
+  other value as given. Parameters and optimizer state stay float32 either way."""
+  if compute_dtype != "auto":
+    return compute_dtype
+  backend = jax.default_backend() if backend is None else backend
+  return ACCELERATOR_COMPUTE_DTYPE if backend in ("gpu", "tpu", "cuda",
+                                                  "rocm") else None
+
+
 def with_compute_dtype(model, dtype) -> Any:
   """A copy of ``model`` whose backbone computes in ``dtype`` (params stay f32)."""
   dtype = jnp.dtype(dtype)
@@ -175,7 +189,7 @@ def train(*,
           pack: bool = False,
           seed: int = 0,
           num_microbatches: int = 1,
-          compute_dtype: Optional[str] = None,
+          compute_dtype: Optional[str] = "auto",
           mesh: Optional[jax.sharding.Mesh] = None,
           mesh_shape: Optional[Sequence[int]] = None,
           num_partitions: int = 1,
@@ -211,7 +225,8 @@ def train(*,
     seed: parameter-initialisation and dropout seed.
     num_microbatches: gradient accumulation steps per batch.
     compute_dtype: e.g. ``"bfloat16"``: the backbone computes in it; parameters
-      and optimizer state stay float32.
+      and optimizer state stay float32. ``"auto"`` (default): bfloat16 on GPU and
+      TPU, the model's dtype on CPU; None: always the model's dtype.
     mesh: a ready ``('data', 'model')`` mesh (e.g. over a subset of devices);
       default built from ``mesh_shape`` / ``num_partitions``.
     mesh_shape: ``(data, model)``; default ``(num_devices / num_partitions,
@@ -251,6 +266,7 @@ def train(*,
   elif not model_dir:
     raise ValueError("MODEL_DIR is not set.")
   optimizer = optimizers.adafactor_dual() if optimizer is None else optimizer
+  compute_dtype = resolve_compute_dtype(compute_dtype)
   if compute_dtype:
     model = with_compute_dtype(model, compute_dtype)
   if mesh is None:

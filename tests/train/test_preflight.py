@@ -194,22 +194,37 @@ def _subprocess(args, cwd=REPO):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_readme_command_from_repo_root_with_runs_dir_on_a_2x2_mesh(real, tmp_path):
-  """The README's command, from the repository root with ``runs/`` present, on 4
-  (fake) devices as data 2 x model 2: the step lowers for that mesh."""
+def test_readme_command_from_repo_root_with_runs_dir(real, tmp_path):
+  """The README's train command, from the repository root with ``runs/`` present."""
   runs = REPO / "runs"
   made = not runs.exists()
   runs.mkdir(exist_ok=True)
   try:
     proc = _subprocess(_check_argv(real, "experiments/hint_pretrain_c4.gin",
-                                   tmp_path / "r", "--check_devices=4",
-                                   "--gin.NUM_PARTITIONS=2"))
+                                   tmp_path / "r"))
   finally:
     if made:
       runs.rmdir()
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "check (train): OK" in proc.stdout
+
+
+def test_script_check_on_a_2x2_mesh(real, shared_data, tmp_path):
+  """``scripts/pretrain.sh --check`` (MODEL_DIR unset) on 4 fake devices as data 2 x
+  model 2: the step lowers for that mesh; the script's environment names the data."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHON=sys.executable, TMPDIR=str(tmp_path),
+             C4_PATH=str(shared_data / "c4" / "c4-en.sample-1000docs.jsonl"),
+             INITIAL_CHECKPOINT_PATH=real["hf_base"])
+  env.pop("MODEL_DIR", None)
+  env.pop(vocab.VOCABULARY_ENV, None)
+  proc = subprocess.run(["bash", str(REPO / "scripts" / "pretrain.sh"), "--check",
+                         "--check_devices=4", "--gin.NUM_PARTITIONS=2"], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "check (train): OK" in proc.stdout
   assert "{'data': 2, 'model': 2}" in proc.stdout
+  assert not os.path.exists(tmp_path / "hyper_tasks_check_model_dir")
 
 
 def test_batch_not_divisible_by_the_mesh_fails(real, tmp_path):
