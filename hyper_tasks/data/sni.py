@@ -205,7 +205,8 @@ def read_task_file(path: str,
                    test: bool = False,
                    max_instances: Optional[int] = DEFAULT_MAX_INSTANCES,
                    max_validation: int = DEFAULT_MAX_VALIDATION,
-                   seed: int = 0) -> SniTask:
+                   seed: int = 0,
+                   strict: bool = False) -> SniTask:
   """Reads and validates one task file, keeping only the selected instances.
 
   Args:
@@ -216,9 +217,12 @@ def read_task_file(path: str,
     max_instances: instances kept per task; None keeps all.
     max_validation: validation instances of a train task.
     seed: sampling seed of train tasks.
+    strict: an empty ``Instances`` list is an error (otherwise a warning naming
+      the task).
 
   Raises:
-    SniFormatError: naming the file and the field at fault.
+    SniFormatError: naming the file and the field at fault (also a file that is
+      not UTF-8 or cannot be read).
   """
   task_name = os.path.splitext(os.path.basename(path))[0]
   try:
@@ -226,6 +230,13 @@ def read_task_file(path: str,
       data = json.load(f)
   except json.JSONDecodeError as e:
     raise SniFormatError(path, "(file)", f"invalid JSON: {e}") from e
+  except UnicodeDecodeError as e:
+    raise SniFormatError(path, "(file)",
+                         f"not valid UTF-8 (byte {e.start}: {e.reason})") from e
+  except IsADirectoryError as e:
+    raise SniFormatError(path, "(file)", "is a directory") from e
+  except PermissionError as e:
+    raise SniFormatError(path, "(file)", f"cannot be read: {e.strerror}") from e
   if not isinstance(data, dict):
     raise SniFormatError(path, "(file)", "expected a JSON object")
   if "Definition" not in data:
@@ -237,6 +248,11 @@ def read_task_file(path: str,
   if not isinstance(raw, list):
     raise SniFormatError(path, "'Instances'",
                          f"expected a list, got {type(raw).__name__}")
+  if not raw:
+    if strict:
+      raise SniFormatError(path, "'Instances'", "empty (no instances)")
+    logging.warning("SNI task %s has no instances (%s): it contributes no "
+                    "examples.", task_name, path)
   languages = []
   for field in _LANGUAGE_FIELDS:
     languages += _string_list(data.get(field), path, f"'{field}'")
@@ -287,7 +303,8 @@ def load_tasks(sni_dir: str,
                seed: int = 0,
                english_only: bool = True,
                skip_bad_files: bool = False,
-               allow_missing: bool = False) -> list[SniTask]:
+               allow_missing: bool = False,
+               strict: bool = False) -> list[SniTask]:
   """Reads the listed tasks of ``<sni_dir>/tasks``.
 
   Args:
@@ -301,6 +318,7 @@ def load_tasks(sni_dir: str,
     skip_bad_files: log and skip malformed files instead of raising.
     allow_missing: skip listed tasks that have no file (a partial copy of the
       repository); otherwise a missing file raises.
+    strict: see ``read_task_file`` (empty instance lists are errors).
 
   Raises:
     SniFormatError: a malformed file, unless ``skip_bad_files``.
@@ -317,7 +335,8 @@ def load_tasks(sni_dir: str,
       if not os.path.exists(path):
         raise FileNotFoundError(f"SNI task file not found: {path}")
       task = read_task_file(path, test=test, max_instances=max_instances,
-                            max_validation=max_validation, seed=seed)
+                            max_validation=max_validation, seed=seed,
+                            strict=strict)
     except (SniFormatError, FileNotFoundError) as e:
       if not skip_bad_files:
         raise

@@ -1,6 +1,8 @@
 """Super-NaturalInstructions: reader schema variants, errors, selection, formats, and
 Tk-Instruct's rule of dropping demonstrations that do not fit the token budget."""
 import json
+import logging
+import os
 
 import pytest
 import seqio
@@ -433,3 +435,34 @@ def test_registered_tasks_drop_demonstrations_with_a_budget(
   assert all(POS2_LONG in r[F.HYPER_INPUTS] for r in got)
   with pytest.raises(ValueError, match=r"demonstration_budget\['inputs'\]"):
     sni_tasks.register_sni(root, demonstration_budget={"inputs": 0})
+
+
+def test_non_utf8_file_is_a_format_error_and_skippable(tmp_path, sni_dir_factory,
+                                                       sni_task, caplog):
+  root = sni_dir_factory(tmp_path, train={"t_good": sni_task(3),
+                                          "t_latin1": sni_task(3)})
+  bad = os.path.join(root, "tasks", "t_latin1.json")
+  with open(bad, "wb") as f:  # a Latin-1 "é" in an otherwise valid file
+    f.write(json.dumps(sni_task(3)).replace("Definition", "D\u00e9finition")
+            .encode("latin-1").replace(b"D\xe9finition", b"Definition\xe9", 1))
+  with pytest.raises(sni.SniFormatError, match="t_latin1.json.*not valid UTF-8"):
+    sni.read_task_file(bad)
+  names = sni.read_split(root, "train")
+  with caplog.at_level(logging.WARNING):
+    kept = sni.load_tasks(root, names, test=False, skip_bad_files=True)
+  assert [t.name for t in kept] == ["t_good"]
+  assert "t_latin1.json" in caplog.text
+
+
+def test_empty_instance_list_warns_or_fails_in_strict_mode(tmp_path, sni_task,
+                                                          caplog):
+  data = sni_task(2)
+  data["Instances"] = []
+  path = tmp_path / "task9_empty.json"
+  path.write_text(json.dumps(data))
+  with caplog.at_level(logging.WARNING):
+    task = sni.read_task_file(str(path), test=True)
+  assert task.instances == ()
+  assert "task9_empty has no instances" in caplog.text
+  with pytest.raises(sni.SniFormatError, match="task9_empty.json.*'Instances'.*empty"):
+    sni.read_task_file(str(path), test=True, strict=True)
