@@ -24,6 +24,15 @@ def shared_data():
   return SHARED_DATA
 
 
+@pytest.fixture
+def clean_gin():
+  """An empty gin config before and after the test (``pytestmark`` it)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def tiny_sweep_dir(tmp_path_factory):
   """A 2x2 sweep of a tiny HINT (``sweep.TINY_EXAMPLE_ARGS``), run in process."""

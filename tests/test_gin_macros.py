@@ -15,11 +15,7 @@ SNI = ["experiments/hint_finetune_sni.gin", "tiny.gin"]
 MODEL_DIR = "MODEL_DIR = '/tmp/unused'"
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture

@@ -101,11 +101,7 @@ def test_collect_reads_newest_report_and_writes_tables(tmp_path):
     assert os.listdir(os.path.join(paths["hparams"], row["run"]))
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _fake_runs(monkeypatch, fake):

@@ -207,7 +207,7 @@ def params_from_hf_state(state: dict[str, np.ndarray], cfg: T5Config,
   """Translate an HF state dict to our nested params (float32 numpy)."""
   table = _untranslate_table(cfg)
   wanted = {hf_key: (ours, tr) for ours, (hf_key, tr) in table.items()}
-  flat, unmapped, mismatched = {}, [], []
+  flat, unmapped = {}, []
   for key, value in state.items():
     if any(re.fullmatch(p, key) for p in _TIED_COPIES):
       continue
@@ -221,21 +221,26 @@ def params_from_hf_state(state: dict[str, np.ndarray], cfg: T5Config,
     if transform == "T":
       arr = arr.T
     flat[ours] = arr
+  _check_translated(table, {k: tuple(v.shape) for k, v in flat.items()}, unmapped,
+                    cfg, source)
+  return _unflatten(flat)
+
+
+def _check_translated(table: dict, shapes: dict[str, tuple[int, ...]],
+                      unmapped: list[str], cfg: T5Config, source: str) -> None:
+  """Raises naming unmapped HF keys, missing parameters or mis-shaped ones."""
   if unmapped:
     raise ConversionError(f"{source}: unmapped keys for this config: "
                           f"{sorted(unmapped)}")
-  missing = sorted(set(table) - set(flat))
+  missing = sorted(set(table) - set(shapes))
   if missing:
     raise ConversionError(f"{source}: missing keys "
                           f"{sorted(table[m][0] for m in missing)}")
   expected = _expected_shapes(cfg)
-  for ours, arr in flat.items():
-    if tuple(arr.shape) != expected[ours]:
-      mismatched.append(f"{table[ours][0]} -> {ours}: expected {expected[ours]}, "
-                        f"got {tuple(arr.shape)}")
-  if mismatched:
-    raise ConversionError(f"{source}: shape mismatch: " + "; ".join(mismatched))
-  return _unflatten(flat)
+  bad = [f"{table[k][0]} -> {k}: expected {expected[k]}, got {v}"
+         for k, v in shapes.items() if expected[k] != v]
+  if bad:
+    raise ConversionError(f"{source}: shape mismatch: " + "; ".join(bad))
 
 
 def params_to_hf_state(params: dict, cfg: T5Config) -> dict[str, np.ndarray]:
@@ -368,18 +373,7 @@ def read_param_shapes(path: str) -> tuple[T5Config, dict[str, tuple[int, ...]]]:
       continue
     ours, transform = wanted[key]
     out[ours] = tuple(reversed(shape)) if transform == "T" else tuple(shape)
-  if unmapped:
-    raise ConversionError(f"{source}: unmapped keys for this config: "
-                          f"{sorted(unmapped)}")
-  missing = sorted(set(table) - set(out))
-  if missing:
-    raise ConversionError(f"{source}: missing keys "
-                          f"{sorted(table[m][0] for m in missing)}")
-  expected = _expected_shapes(cfg)
-  bad = [f"{table[k][0]} -> {k}: expected {expected[k]}, got {v}"
-         for k, v in out.items() if expected[k] != v]
-  if bad:
-    raise ConversionError(f"{source}: shape mismatch: " + "; ".join(bad))
+  _check_translated(table, out, unmapped, cfg, source)
   return cfg, out
 
 

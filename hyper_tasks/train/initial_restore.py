@@ -251,6 +251,17 @@ def _trainable_groups(optimizer: optimizers.GroupedOptimizer) -> list[str]:
   return [g.name for g in optimizer.groups if not g.frozen]
 
 
+def groups_to_restore(cfg: InitialRestore,
+                      optimizer: optimizers.GroupedOptimizer) -> list[str]:
+  """The trainable optimizer groups whose state ``cfg`` takes from the checkpoint."""
+  trainable = _trainable_groups(optimizer)
+  if cfg.optimizer_state == "fresh":
+    return []
+  if cfg.optimizer_state == "restore_pretrained":
+    return [g for g in trainable if g not in set(cfg.fresh_groups)]
+  return trainable
+
+
 def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
                     layout: StateLayout, fresh: TrainState
                     ) -> tuple[TrainState, restore.RestoreReport, list[str]]:
@@ -285,12 +296,7 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
                         layout.shardings.params)
 
   trainable = _trainable_groups(optimizer)
-  if cfg.optimizer_state == "fresh":
-    groups = []
-  elif cfg.optimizer_state == "restore_pretrained":
-    groups = [g for g in trainable if g not in set(cfg.fresh_groups)]
-  else:
-    groups = trainable
+  groups = groups_to_restore(cfg, optimizer)
   opt_state = fresh.opt_state
   if groups and fmt == "hf":
     notes.append(f"optimizer groups {groups}: fresh (HF checkpoints hold no "

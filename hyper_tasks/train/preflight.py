@@ -212,13 +212,7 @@ def plan_initial_restore(cfg: Any, optimizer: Any, abstract_params: Any
   _, report = restore.restore_params(
       target, {k: _zeros(v) for k, v in shapes.items()}, cfg.assignment_map,
       cfg.fallback_to_scratch, init, cfg.reinit_patterns, copies)
-  trainable = [g.name for g in optimizer.groups if not g.frozen]
-  if cfg.optimizer_state == "fresh":
-    groups = []
-  elif cfg.optimizer_state == "restore_pretrained":
-    groups = [g for g in trainable if g not in set(cfg.fresh_groups)]
-  else:
-    groups = trainable
+  groups = init_restore_lib.groups_to_restore(cfg, optimizer)
   if groups and fmt == "ours":
     have = set(init_restore_lib._source_group_states(opt))  # pylint: disable=protected-access
     absent = sorted(set(groups) - have)

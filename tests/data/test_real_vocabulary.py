@@ -18,11 +18,7 @@ from hyper_tasks.data import registry
 from hyper_tasks.data import vocab
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _macro(name):

@@ -17,27 +17,13 @@ from hyper_tasks.evaluation import evaluator
 from hyper_tasks.evaluation import metrics
 from hyper_tasks.evaluation import report as report_lib
 from hyper_tasks.models import builders
+from tests.evaluation import evallib
 
 LENGTHS = {"hyper_inputs": 96, "inputs": 64, "targets": 24}
 BATCH = 8
 
 
-def _random_params(model, seed=0):
-  """Numpy random parameters in the model's tree (nothing compiled)."""
-  shapes = {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 4),
-            "hyper_encoder_input_tokens": (2, 8)}
-  abstract = jax.eval_shape(lambda: model.get_initial_variables(
-      jax.random.PRNGKey(0), shapes, boxed=False))["params"]
-  rng = np.random.default_rng(seed)
-
-  def init(path, leaf):
-    if jax.tree_util.keystr(path).endswith("['scale']"):
-      return np.ones(leaf.shape, leaf.dtype)
-    if leaf.ndim == 1:
-      return np.zeros(leaf.shape, leaf.dtype)
-    fan_in = leaf.shape[0] if leaf.ndim > 1 else 1
-    return (rng.normal(size=leaf.shape) * fan_in ** -0.5).astype(leaf.dtype)
-  return jax.tree_util.tree_map_with_path(init, abstract)
+_random_params = evallib.random_params
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from hyper_tasks.data import pipeline
 from hyper_tasks.data import registry
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.models import builders
+from tests.evaluation import evallib
 
 LENGTHS = {"hyper_inputs": 160, "inputs": 96, "targets": 48}
 BATCH = 8
@@ -27,22 +28,7 @@ TEMPLATES = ("exercise", "best_option", "i_am_hesitating")
 NAMES = [f"p3_super_glue_copa_{t}_score_eval" for t in TEMPLATES]
 
 
-def _random_params(model, seed=0):
-  """Numpy random parameters in the model's tree (nothing compiled)."""
-  shapes = {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 4),
-            "hyper_encoder_input_tokens": (2, 8)}
-  abstract = jax.eval_shape(lambda: model.get_initial_variables(
-      jax.random.PRNGKey(0), shapes, boxed=False))["params"]
-  rng = np.random.default_rng(seed)
-
-  def init(path, leaf):
-    if jax.tree_util.keystr(path).endswith("['scale']"):
-      return np.ones(leaf.shape, leaf.dtype)
-    if leaf.ndim == 1:
-      return np.zeros(leaf.shape, leaf.dtype)
-    fan_in = leaf.shape[0] if leaf.ndim > 1 else 1
-    return (rng.normal(size=leaf.shape) * fan_in ** -0.5).astype(leaf.dtype)
-  return jax.tree_util.tree_map_with_path(init, abstract)
+_random_params = evallib.random_params
 
 
 @pytest.fixture(scope="module")

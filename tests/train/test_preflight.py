@@ -27,11 +27,7 @@ EXPERIMENTS = sorted(f"experiments/{f}" for f in os.listdir(REPO / "gin" / "expe
 FULL_RESTORE = ("hint_finetune_sni", "hint_finetune_t0", "no_instruction_finetune_sni")
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _p3_data(root, shared):
@@ -194,19 +190,24 @@ def _subprocess(args, cwd=REPO):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_readme_command_from_repo_root_with_runs_dir(real, tmp_path):
-  """The README's train command, from the repository root with ``runs/`` present."""
+def test_readme_command_from_repo_root_with_runs_dir(real, tmp_path, capsys,
+                                                    monkeypatch):
+  """The README's train command, from the repository root with ``runs/`` present,
+  as ``python -m`` runs it (the working directory first on ``sys.path``, where gin
+  took ``runs/`` for a package)."""
   runs = REPO / "runs"
   made = not runs.exists()
   runs.mkdir(exist_ok=True)
+  monkeypatch.chdir(REPO)
+  monkeypatch.syspath_prepend(str(REPO))
   try:
-    proc = _subprocess(_check_argv(real, "experiments/hint_pretrain_c4.gin",
-                                   tmp_path / "r"))
+    code, out, err = _run(_check_argv(real, "experiments/hint_pretrain_c4.gin",
+                                      tmp_path / "r"), capsys)
   finally:
     if made:
       runs.rmdir()
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "check (train): OK" in proc.stdout
+  assert code == 0, err[-3000:]
+  assert "check (train): OK" in out
 
 
 def test_script_check_on_a_2x2_mesh(real, shared_data, tmp_path):
