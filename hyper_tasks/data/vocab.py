@@ -16,7 +16,7 @@ compare vocabularies, and the TF SentencePiece op is built once).
 Real runs bind ``VOCABULARY = 'auto'`` (every ``gin/runs/*.gin``): :func:`resolve`
 then takes the SentencePiece model from the first checkpoint directory that has one
 (``MODEL_DIR`` when resuming or evaluating, else the checkpoint being restored: an
-HF T5 directory's ``spiece.model``, or the copy a run writes into its ``MODEL_DIR``
+HF T5 directory's ``spiece.model`` or ``tokenizer.json``, or the copy a run writes into its ``MODEL_DIR``
 with :func:`save_to_model_dir`), else from ``$HYPER_TASKS_VOCABULARY``, and fails
 naming where it looked. ``gin/tiny.gin`` binds ``'byte'``. :func:`check_fits`
 refuses data whose vocabulary does not fit the model's embedding (larger than it,
@@ -39,6 +39,7 @@ BYTE = "byte"
 AUTO = "auto"
 VOCABULARY_ENV = "HYPER_TASKS_VOCABULARY"
 SPIECE = "spiece.model"
+TOKENIZER_JSON = "tokenizer.json"
 RECORD = "vocabulary.json"  # what a MODEL_DIR was trained with
 T5_EXTRA_IDS = 100
 PAD_ID = 0
@@ -114,9 +115,9 @@ def find_in_dir(directory: str) -> Optional[str]:
   model path, or None.
 
   Looks for ``vocabulary.json`` (written by :func:`save_to_model_dir`), then
-  ``spiece.model`` (HF T5 directories, our ``MODEL_DIR``s). An HF directory with
-  only ``tokenizer.json`` is refused: its SentencePiece model is needed for the
-  tf.data tokenizer.
+  ``spiece.model`` (HF T5 directories, our ``MODEL_DIR``s), then an HF
+  ``tokenizer.json`` (converted to the equivalent SentencePiece model,
+  :func:`sentencepiece_from_tokenizer_json`).
   """
   if not directory or not isinstance(directory, str) or directory.startswith(
       ("gs://", "s3://")) or not os.path.isdir(directory):
@@ -134,12 +135,87 @@ def find_in_dir(directory: str) -> Optional[str]:
   spiece = os.path.join(directory, SPIECE)
   if os.path.exists(spiece):
     return spiece
-  if os.path.exists(os.path.join(directory, "tokenizer.json")):
-    raise VocabularyError(
-        f"{directory} has tokenizer.json but no {SPIECE}: the input pipeline "
-        f"tokenizes with SentencePiece; copy the model's {SPIECE} there or set "
-        f"VOCABULARY='/path/to/{SPIECE}'.")
+  tokenizer_json = os.path.join(directory, TOKENIZER_JSON)
+  if os.path.exists(tokenizer_json):
+    return sentencepiece_from_tokenizer_json(tokenizer_json)
   return None
+
+
+def _cache_dir() -> str:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "hyper_tasks", "vocabularies")
+
+
+def sentencepiece_from_tokenizer_json(path: str,
+                                      cache_dir: Optional[str] = None) -> str:
+  """A SentencePiece model file equivalent to an HF T5 ``tokenizer.json``.
+
+  HF T5 directories may ship only the fast tokenizer's ``tokenizer.json`` (a
+  Unigram model with the precompiled normalizer and a Metaspace pre-tokenizer,
+  exactly what ``spiece.model`` holds); the tf.data pipeline tokenizes with
+  SentencePiece, so the same pieces, scores and normalizer are written as a
+  SentencePiece ``ModelProto`` (the ``<extra_id_N>`` sentinels are left to
+  ``extra_ids``, as for ``spiece.model``). Cached by the file's sha256.
+
+  Raises:
+    VocabularyError: a ``tokenizer.json`` that is not such a Unigram model,
+      naming the file and what is missing.
+  """
+  with open(path, "rb") as f:
+    raw = f.read()
+  digest = hashlib.sha256(raw).hexdigest()[:16]
+  out = os.path.join(cache_dir or _cache_dir(), f"spiece-{digest}.model")
+  if os.path.exists(out):
+    return out
+  try:
+    data = json.loads(raw)
+    model = data["model"]
+    vocab = model["vocab"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise VocabularyError(f"{path}: not an HF tokenizer.json (no model.vocab): "
+                          f"{e!r}") from e
+  if model.get("type") != "Unigram":
+    raise VocabularyError(f"{path}: model.type={model.get('type')!r}; only T5's "
+                          "Unigram (SentencePiece) tokenizers are supported.")
+  normalizer = data.get("normalizer") or {}
+  charsmap = normalizer.get("precompiled_charsmap")
+  if normalizer.get("type") != "Precompiled" or not charsmap:
+    raise VocabularyError(f"{path}: normalizer {normalizer.get('type')!r} has no "
+                          "precompiled_charsmap (not a SentencePiece export).")
+  import base64  # pylint: disable=g-import-not-at-top
+  from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=g-import-not-at-top
+  sentinels = [a["id"] for a in data.get("added_tokens", [])
+               if str(a.get("content", "")).startswith("<extra_id_")]
+  n = min(sentinels) if sentinels else len(vocab)
+  special = {PAD_ID: pb.ModelProto.SentencePiece.CONTROL,
+             EOS_ID: pb.ModelProto.SentencePiece.CONTROL,
+             model.get("unk_id", 2): pb.ModelProto.SentencePiece.UNKNOWN}
+  proto = pb.ModelProto()
+  for i, (piece, score) in enumerate(vocab[:n]):
+    entry = proto.pieces.add()
+    entry.piece, entry.score = piece, float(score)
+    entry.type = special.get(i, pb.ModelProto.SentencePiece.NORMAL)
+  spec = proto.trainer_spec
+  spec.model_type = pb.TrainerSpec.UNIGRAM
+  spec.vocab_size = n
+  spec.unk_id, spec.eos_id, spec.pad_id, spec.bos_id = (
+      model.get("unk_id", 2), EOS_ID, PAD_ID, -1)
+  spec.unk_piece, spec.eos_piece, spec.pad_piece = (
+      vocab[spec.unk_id][0], vocab[EOS_ID][0], vocab[PAD_ID][0])
+  norm = proto.normalizer_spec
+  norm.name = "nmt_nfkc"
+  norm.precompiled_charsmap = base64.b64decode(charsmap)
+  norm.add_dummy_prefix = True
+  norm.remove_extra_whitespaces = True
+  norm.escape_whitespaces = True
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  tmp = f"{out}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(proto.SerializeToString())
+  os.replace(tmp, out)
+  logging.info("Vocabulary: %s converted to SentencePiece %s.", path, out)
+  return out
 
 
 def resolve(spec: VocabularyLike = AUTO,

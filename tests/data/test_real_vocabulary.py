@@ -84,12 +84,40 @@ def test_auto_vocabulary_search_order(shared_data, tmp_path, monkeypatch):
   run.mkdir()
   vocab.save_to_model_dir(vocab.byte_vocabulary(), str(run))
   assert vocab.resolve("auto", [str(run), str(empty)]) is vocab.byte_vocabulary()
-  # HF directory with only tokenizer.json: a clear refusal.
+  # HF directory with a tokenizer.json that is not a SentencePiece export.
   hf_json = tmp_path / "hf_json"
   hf_json.mkdir()
-  (hf_json / "tokenizer.json").write_text("{}")
-  with pytest.raises(vocab.VocabularyError, match="tokenizer.json"):
+  (hf_json / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {}}}')
+  with pytest.raises(vocab.VocabularyError, match="tokenizer.json.*Unigram"):
     vocab.resolve("auto", [str(hf_json)])
+
+
+def test_hf_directory_with_only_tokenizer_json(shared_data, c4_texts, tmp_path,
+                                               monkeypatch):
+  """An HF T5 directory without spiece.model: its tokenizer.json becomes the same
+  SentencePiece model (ids equal the real spiece.model's on real text)."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  shutil.copy(shared_data / "t5_vocab" / "t5-small.tokenizer.json",
+              hf / "tokenizer.json")
+  converted = vocab.resolve("auto", [str(hf)])
+  real = vocab.get_vocabulary(str(shared_data / "t5_vocab" / "spiece.model"))
+  assert converted.vocab_size == real.vocab_size == 32100
+  texts = c4_texts + ["  extra   spaces ", "ﬁ ligature ½ “quotes” é", ""]
+  assert [list(converted.encode(t)) for t in texts] == [
+      list(real.encode(t)) for t in texts]
+  assert converted.decode(real.encode(texts[0])) == real.decode(
+      real.encode(texts[0]))
+  # Cached: the second resolution reuses the converted file.
+  assert vocab.resolve("auto", [str(hf)]) is converted
+
+
+@pytest.fixture(scope="module")
+def c4_texts(shared_data):
+  path = shared_data / "c4" / "c4-en.sample-1000docs.jsonl"
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line)["text"] for _, line in zip(range(100), f)]
 
 
 def test_model_dir_records_and_copies_the_vocabulary(shared_data, tmp_path):
