@@ -23,6 +23,15 @@ parameter and two points that resolve to the same configuration
 ``--print_only`` shows, per point, the resolved values that differ from the sweep's
 base configuration (its files and bindings without the grid).
 
+Seeds. ``--seeds 0,1,2`` runs every grid point once per seed, in
+``<sweep_dir>/<run name>,seed=<s>``, with ``--gin.train.seed=<s>`` (initialisation,
+dropout) and ``--gin.train.data_seed=<s>`` (data order); the grid checks above apply
+to the points without the seed (replicas of a point differing only by seed are not
+duplicates). ``results.md`` / ``results.csv`` then hold one row per grid point: every
+numeric metric is the mean over the seeds that have a report, ``<metric>_std`` its
+sample standard deviation (0 for one seed), ``seeds`` the seeds collected;
+``results_per_seed.csv`` keeps one row per run.
+
 The design keeps the sweep a thin layer over the train entry point: a run of a sweep
 is exactly the command a user would type, so a failing point can be re-run by hand.
 """
@@ -117,18 +126,54 @@ def grid_points(axes: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
           for combo in itertools.product(*(v for _, v in axes))]
 
 
+# What a seed binds in each run: initialisation/dropout and the data order.
+SEED_PARAMETERS = ("train.seed", "train.data_seed")
+
+
+def parse_seeds(text: Optional[str]) -> Optional[list[int]]:
+  """``"0,1,2"`` -> ``[0, 1, 2]``; None or empty -> None (no seed axis).
+
+  Raises:
+    ValueError: naming a value that is not an integer, or one given twice.
+  """
+  if text is None or not str(text).strip():
+    return None
+  seeds = []
+  for part in str(text).split(","):
+    part = part.strip()
+    try:
+      seed = int(part)
+    except ValueError:
+      raise ValueError(f"--seeds {text!r}: {part!r} is not an integer; give "
+                       "e.g. --seeds 0,1,2.") from None
+    if seed in seeds:
+      raise ValueError(f"--seeds {text!r}: {seed} is given twice.")
+    seeds.append(seed)
+  return seeds
+
+
+def seed_run_name(point: Mapping[str, Any], seed: Optional[int]) -> str:
+  """``run_name(point)``, with ``,seed=<s>`` appended when ``seed`` is set."""
+  name = run_name(point)
+  return name if seed is None else f"{name},seed={seed}"
+
+
 def train_command(point: Mapping[str, Any], model_dir: str,
                   gin_files: Sequence[str], bindings: Sequence[str],
                   gin_search_paths: Sequence[str] = (),
                   python: str = sys.executable,
-                  module: str = "hyper_tasks.train") -> list[str]:
-  """The argv of one run (the sweep's own bindings first, the grid's last)."""
+                  module: str = "hyper_tasks.train",
+                  seed: Optional[int] = None) -> list[str]:
+  """The argv of one run (the sweep's own bindings first, the grid's last, then
+  the seed's ``train.seed`` and ``train.data_seed``)."""
   cmd = [python, "-m", module]
   cmd += [f"--gin_file={f}" for f in gin_files]
   cmd += [f"--gin_search_paths={p}" for p in gin_search_paths]
   cmd += [f"--gin.{b}" for b in bindings]
   cmd.append(f"--gin.MODEL_DIR={gin_literal(model_dir)}")
   cmd += [f"--gin.{k}={gin_literal(v)}" for k, v in point.items()]
+  if seed is not None:
+    cmd += [f"--gin.{k}={gin_literal(seed)}" for k in SEED_PARAMETERS]
   return cmd
 
 
@@ -174,12 +219,17 @@ def _binding_keys(bindings: Sequence[str]) -> set[str]:
 
 def resolve_grid(points: Sequence[Mapping[str, Any]], gin_files: Sequence[str],
                  bindings: Sequence[str], gin_search_paths: Sequence[str] = (),
-                 model_dir: str = "sweep") -> Resolution:
+                 model_dir: str = "sweep",
+                 seeds: Optional[Sequence[int]] = None) -> Resolution:
   """Parses the configuration of the base and of every point, in this process.
 
   Nothing is trained, no data is registered and no model is built: each point is
   parsed exactly as its run's command parses it (``MODEL_DIR`` is ``model_dir`` for
   all, so only the grid tells them apart), then gin is cleared again.
+
+  With ``seeds``, each point is resolved with its first seed bound (so a
+  configuration that cannot take the seed parameters fails here), and
+  ``train.seed`` / ``train.data_seed`` may not also be in ``bindings``.
 
   Raises:
     SweepError: an axis also bound by the sweep's bindings, a configuration error
@@ -194,6 +244,11 @@ def resolve_grid(points: Sequence[Mapping[str, Any]], gin_files: Sequence[str],
   # pylint: enable=g-import-not-at-top
   names = list(points[0]) if points else []
   both = sorted(set(names) & _binding_keys(bindings))
+  if seeds:
+    twice = sorted(set(SEED_PARAMETERS) & (_binding_keys(bindings) | set(names)))
+    if twice:
+      raise SweepError(f"{', '.join(twice)}: bound by the sweep's --gin bindings "
+                       "or --grid and by --seeds; give the seeds once.")
   if both:
     raise SweepError(f"{', '.join(both)}: both a --grid axis and a --gin binding "
                      "of the sweep; give it once.")
@@ -216,6 +271,8 @@ def resolve_grid(points: Sequence[Mapping[str, Any]], gin_files: Sequence[str],
   resolved, errors = [], {}
   for point in points:
     extra = [f"{k} = {gin_literal(v)}" for k, v in point.items()]
+    if seeds:
+      extra += [f"{k} = {gin_literal(seeds[0])}" for k in SEED_PARAMETERS]
     try:
       resolved.append(resolve(extra, finalize=True))
     except gin_macros.UnreadMacroError as e:
@@ -288,8 +345,10 @@ def run_grid(points: Sequence[Mapping[str, Any]], sweep_dir: str,
              gin_files: Sequence[str], bindings: Sequence[str],
              gin_search_paths: Sequence[str] = (), print_only: bool = False,
              out=None, in_process: bool = False,
-             resolution: Optional[Resolution] = None) -> dict[str, int]:
-  """Runs (or prints) every point; returns ``{run name: exit code}``.
+             resolution: Optional[Resolution] = None,
+             seeds: Optional[Sequence[int]] = None) -> dict[str, int]:
+  """Runs (or prints) every point (once per seed of ``seeds``); returns
+  ``{run name: exit code}``.
 
   With ``resolution``, each command is preceded by a ``# <run name>: ...`` line of
   the point's resolved values that differ from the base configuration.
@@ -300,13 +359,16 @@ def run_grid(points: Sequence[Mapping[str, Any]], sweep_dir: str,
   """
   out = sys.stdout if out is None else out
   codes = {}
-  for i, point in enumerate(points):
-    name = run_name(point)
+  for i, point, seed in _point_runs(points, seeds):
+    name = seed_run_name(point, seed)
     cmd = train_command(point, os.path.join(sweep_dir, name), gin_files, bindings,
-                        gin_search_paths)
+                        gin_search_paths, seed=seed)
     line = shlex.join(cmd)
     if resolution is not None:
-      print(f"# {name}: {_format_values(resolution.differences(i))}", file=out)
+      diffs = resolution.differences(i)
+      if seed is not None:  # resolved with the first seed; this run has its own
+        diffs.update({k: seed for k in SEED_PARAMETERS})
+      print(f"# {name}: {_format_values(diffs)}", file=out)
     if print_only:
       print(line, file=out)
       continue
@@ -320,15 +382,23 @@ def run_grid(points: Sequence[Mapping[str, Any]], sweep_dir: str,
   return codes
 
 
+def _point_runs(points, seeds):
+  """``(point index, point, seed)`` per run; seed None without ``seeds``."""
+  return [(i, p, s) for i, p in enumerate(points)
+          for s in (seeds if seeds else [None])]
+
+
 def _matches(name: str, patterns: Optional[Sequence[str]]) -> bool:
   return not patterns or any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
 def collect(sweep_dir: str, points: Sequence[Mapping[str, Any]],
             metrics: Optional[Sequence[str]] = None,
-            resolution: Optional[Resolution] = None) -> list[dict[str, Any]]:
+            resolution: Optional[Resolution] = None,
+            seeds: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
   """One row per run that has a report: grid values, the resolved parameter values
-  that vary between the points (with ``resolution``), ``step``, then metrics.
+  that vary between the points (with ``resolution``), ``seed`` (with ``seeds``),
+  ``step``, then metrics. :func:`aggregate_seeds` folds the seeds.
 
   Args:
     metrics: glob patterns over flattened metric names (``report.flatten_metrics``);
@@ -337,18 +407,63 @@ def collect(sweep_dir: str, points: Sequence[Mapping[str, Any]],
   """
   varied = resolution.varied() if resolution is not None else []
   rows = []
-  for i, point in enumerate(points):
-    reports = report_lib.read_reports(os.path.join(sweep_dir, run_name(point)))
+  for i, point, seed in _point_runs(points, seeds):
+    name = seed_run_name(point, seed)
+    reports = report_lib.read_reports(os.path.join(sweep_dir, name))
     if not reports:
       continue
     step = max(reports)
     flat = report_lib.flatten_metrics(reports[step])
-    row = {"run": run_name(point), **point}
+    row = {"run": name, **point}
     row.update({k: resolution.points[i].get(k) for k in varied})
+    if seed is not None:
+      row["seed"] = seed
     row["step"] = step
     row.update({k: v for k, v in flat.items() if _matches(k, metrics)})
     rows.append(row)
   return rows
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def aggregate_seeds(rows: Sequence[Mapping[str, Any]],
+                    grid_names: Sequence[str]) -> list[dict[str, Any]]:
+  """Per-seed rows (:func:`collect` with seeds) -> one row per grid point.
+
+  A point's row keeps ``run`` (the point's name, without the seed), its
+  ``grid_names`` values, ``seeds`` (the seeds with a report, e.g. ``"0,2"``),
+  ``num_seeds`` and ``step`` (the largest); each numeric metric becomes its mean
+  over those seeds and ``<metric>_std`` the sample standard deviation (ddof 1; 0
+  with one seed). A metric some seeds lack averages the seeds that have it.
+  """
+  groups: dict[str, list[Mapping[str, Any]]] = {}
+  for row in rows:
+    name = row["run"].rsplit(",seed=", 1)[0] if "seed" in row else row["run"]
+    groups.setdefault(name, []).append(row)
+  fixed = set(grid_names) | {"run", "seed", "step"}
+  out = []
+  for name, group in groups.items():
+    agg: dict[str, Any] = {"run": name}
+    agg.update({k: group[0][k] for k in grid_names if k in group[0]})
+    agg["seeds"] = ",".join(str(r.get("seed")) for r in group)
+    agg["num_seeds"] = len(group)
+    agg["step"] = max(r["step"] for r in group)
+    metrics: list[str] = []
+    for r in group:
+      metrics += [k for k in r if k not in fixed and k not in metrics]
+    for k in metrics:
+      values = [float(r[k]) for r in group if _is_number(r.get(k))]
+      if not values:
+        continue
+      mean = sum(values) / len(values)
+      var = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+             if len(values) > 1 else 0.0)
+      agg[k] = mean
+      agg[f"{k}_std"] = var ** 0.5
+    out.append(agg)
+  return out
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -444,6 +559,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="run the points inside this process (small local sweeps)")
   parser.add_argument("--metrics", action="append", default=None,
                       help="glob over metric names to keep in the table")
+  parser.add_argument("--seeds", default=None,
+                      help="comma-separated seeds, e.g. 0,1,2: every grid point "
+                      "runs once per seed (train.seed and train.data_seed); the "
+                      "table shows each metric's mean and <metric>_std")
   # Accept t5x-style --gin.NAME=value for the sweep-wide bindings too.
   argv = list(sys.argv[1:] if argv is None else argv)
   argv = [f"--gin={a[len('--gin.'):]}" if a.startswith("--gin.") else a
@@ -451,6 +570,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   try:
     axes = parse_grid(args.grid)
+    seeds = parse_seeds(args.seeds)
   except ValueError as e:
     parser.error(str(e))
   points = grid_points(axes)
@@ -458,7 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   if p]
   try:
     resolution = resolve_grid(points, args.gin_file, args.bindings, search_paths,
-                              model_dir=args.sweep_dir)
+                              model_dir=args.sweep_dir, seeds=seeds)
     check_points_differ(axes, points, resolution)
   except SweepError as e:
     print(f"[sweep] error: {e}", file=sys.stderr)
@@ -466,17 +586,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not args.collect_only:
     codes = run_grid(points, args.sweep_dir, args.gin_file, args.bindings,
                      args.gin_search_paths, args.print_only,
-                     in_process=args.in_process, resolution=resolution)
+                     in_process=args.in_process, resolution=resolution,
+                     seeds=seeds)
     if args.print_only:
       return 0
   else:
     codes = {}
-  rows = collect(args.sweep_dir, points, args.metrics, resolution)
-  paths = write_results(args.sweep_dir, rows,
-                        [n for n, _ in axes] + resolution.varied(),
+  rows = collect(args.sweep_dir, points, args.metrics, resolution, seeds)
+  grid_names = [n for n, _ in axes] + resolution.varied()
+  if seeds:
+    os.makedirs(args.sweep_dir, exist_ok=True)
+    with open(os.path.join(args.sweep_dir, "results_per_seed.csv"), "w",
+              encoding="utf-8") as f:
+      f.write(to_csv(rows) if rows else "")
+    rows = aggregate_seeds(rows, grid_names)
+    grid_names = grid_names + ["seeds", "num_seeds"]
+  paths = write_results(args.sweep_dir, rows, grid_names,
                         all_metrics_in_markdown=args.metrics is not None)
   print(to_markdown(rows if args.metrics is not None else headline(rows)))
-  print(f"[sweep] {len(rows)}/{len(points)} runs collected -> {paths['markdown']}, "
+  print(f"[sweep] {len(rows)}/{len(points)} {'points' if seeds else 'runs'} collected -> {paths['markdown']}, "
         f"{paths['csv']}; TensorBoard hparams: {paths['hparams']}")
   failed = [n for n, c in codes.items() if c]
   if failed:

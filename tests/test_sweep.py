@@ -283,3 +283,74 @@ def test_tiny_2x2_sweep_end_to_end(tiny_sweep_dir):
     point = next(p for p in points if sweep.run_name(p) == row["run"])
     assert row["make_peft_spec.adapter_size"] == str(point["ADAPTER_SIZE"])
     assert row["make_peft_spec.num_prefix_tokens"] == str(point["NUM_PREFIX_TOKENS"])
+
+
+def test_parse_seeds():
+  assert sweep.parse_seeds("0,1, 2") == [0, 1, 2]
+  assert sweep.parse_seeds(None) is None and sweep.parse_seeds("") is None
+  with pytest.raises(ValueError, match="'x' is not an integer"):
+    sweep.parse_seeds("0,x")
+  with pytest.raises(ValueError, match="1 is given twice"):
+    sweep.parse_seeds("1,1")
+
+
+def test_aggregate_seeds_mean_and_std():
+  rows = [{"run": "A=1,seed=0", "A": 1, "seed": 0, "step": 3, "sni/rougeL": 10.0},
+          {"run": "A=1,seed=1", "A": 1, "seed": 1, "step": 3, "sni/rougeL": 20.0},
+          {"run": "A=2,seed=0", "A": 2, "seed": 0, "step": 3, "sni/rougeL": 5.0}]
+  agg = sweep.aggregate_seeds(rows, ["A"])
+  assert agg[0] == {"run": "A=1", "A": 1, "seeds": "0,1", "num_seeds": 2,
+                    "step": 3, "sni/rougeL": 15.0,
+                    "sni/rougeL_std": pytest.approx(50 ** 0.5)}
+  assert agg[1]["sni/rougeL"] == 5.0 and agg[1]["sni/rougeL_std"] == 0.0
+
+
+def test_seeds_run_each_point_per_seed_and_aggregate(tmp_path, capsys,
+                                                     monkeypatch):
+  """Points differing only by seed are not duplicates; each run gets its seed in
+  train.seed and train.data_seed; the table is one row per point."""
+  calls = []
+
+  def fake_run(cmd):
+    calls.append(cmd)
+    model_dir = next(a for a in cmd if a.startswith("--gin.MODEL_DIR="))
+    seed = int(next(a for a in cmd if a.startswith("--gin.train.seed="))
+               .split("=")[1])
+    size = 4 if "--gin.ADAPTER_SIZE=4" in cmd else 8
+    _write_report(model_dir.split("=", 1)[1].strip("'"), 3, size + seed)
+    return 0
+
+  _fake_runs(monkeypatch, fake_run)
+  code = sweep.main(TINY + ["--grid", "ADAPTER_SIZE=[4,8]", "--seeds", "0,1,2",
+                            f"--sweep_dir={tmp_path}"])
+  assert code == 0, capsys.readouterr().err
+  assert len(calls) == 6
+  for cmd in calls:
+    seed = cmd[-1].split("=")[1]
+    assert cmd[-2:] == [f"--gin.train.seed={seed}", f"--gin.train.data_seed={seed}"]
+    assert any(a.endswith(f",seed={seed}'") for a in calls[0] + cmd
+               if a.startswith("--gin.MODEL_DIR="))
+  rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+  assert [r["run"] for r in rows] == ["ADAPTER_SIZE=4", "ADAPTER_SIZE=8"]
+  assert [float(r["sni/rougeL"]) for r in rows] == [5.0, 9.0]
+  assert [float(r["sni/rougeL_std"]) for r in rows] == [1.0, 1.0]
+  assert rows[0]["seeds"] == "0,1,2"
+  per_seed = list(csv.DictReader(open(tmp_path / "results_per_seed.csv")))
+  assert len(per_seed) == 6 and per_seed[1]["run"] == "ADAPTER_SIZE=4,seed=1"
+  assert "sni/rougeL_std" in (tmp_path / "results.md").read_text()
+
+
+def test_seed_also_bound_by_the_sweep_is_refused(tmp_path, capsys, monkeypatch):
+  _no_runs(monkeypatch)
+  code = sweep.main(TINY + ["--grid", "ADAPTER_SIZE=[4,8]", "--seeds", "0,1",
+                            "--gin.train.seed=3", f"--sweep_dir={tmp_path}"])
+  assert code == 2
+  assert "train.seed" in capsys.readouterr().err
+
+
+def test_single_point_with_seeds_is_not_a_duplicate(tmp_path, capsys):
+  code = sweep.main(TINY + ["--grid", "ADAPTER_SIZE=[4]", "--seeds", "0,1",
+                            f"--sweep_dir={tmp_path}", "--print_only"])
+  assert code == 0
+  out = capsys.readouterr().out
+  assert "ADAPTER_SIZE=4,seed=0" in out and "ADAPTER_SIZE=4,seed=1" in out
