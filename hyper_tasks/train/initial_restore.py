@@ -262,6 +262,49 @@ def groups_to_restore(cfg: InitialRestore,
   return trainable
 
 
+def restore_direct(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
+                   layout: StateLayout, seed: int
+                   ) -> Optional[tuple[TrainState, restore.RestoreReport, list[str]]]:
+  """Stage 2's common case, restored straight into the sharded target.
+
+  When ``cfg`` takes everything as it is (our checkpoint, ``full_restore``, no
+  ``assignment_map``, ``reinit_patterns`` or encoder copy) and the checkpoint's
+  state tree equals this run's (keys and shapes, from orbax metadata), every
+  parameter and optimizer statistic is read by orbax directly onto its shards: no
+  random initialisation of the model and no unsharded host copy of the state (the
+  general path, :func:`restore_initial`, needs both). The result equals the
+  general path's (step 0, the dropout key of ``PRNGKey(seed)``).
+
+  Returns:
+    ``(state, report, notes)``, or None where the general path is needed.
+  """
+  fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
+  if (fmt != "ours" or cfg.optimizer_state != "full_restore" or cfg.assignment_map
+      or cfg.reinit_patterns or cfg.hypernet_encoder_from_backbone):
+    return None
+  ckpt, step = _our_checkpointer(cfg.path, cfg.step)
+  with ckpt:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      return None
+    try:
+      checkpoints.check_matches(ckpt.saved_tree(step), layout.abstract)
+    except checkpoints.CheckpointMismatchError:
+      return None
+    state, _ = ckpt.restore(step, target=layout.abstract)
+  _, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+  state = state.replace(
+      step=jax.device_put(np.zeros((), np.int32), layout.shardings.step),
+      rng=jax.device_put(dropout_key, layout.shardings.rng))
+  keys = tree_utils.leaf_paths(layout.abstract.params)
+  report = restore.RestoreReport(loaded=sorted(keys))
+  groups = groups_to_restore(cfg, optimizer)
+  notes = [f"initial restore: {fmt} checkpoint {cfg.path} (step {step}), read "
+           "directly onto the mesh",
+           f"optimizer groups {groups}: restored"]
+  return state, report, notes
+
+
 def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
                     layout: StateLayout, fresh: TrainState
                     ) -> tuple[TrainState, restore.RestoreReport, list[str]]:

@@ -449,11 +449,15 @@ def _starting_state(fns: _Compiled, seed, ckpt, initial, model_dir, dataset_name
     logging.info("Resuming from %s/%d (batches consumed: %d).", ckpt.directory,
                  latest, batches)
     return state, batches, None
-  fresh = fns.init(jax.random.PRNGKey(seed))
   if initial is None:
-    return fresh, 0, None
-  state, report, notes = init_restore_lib.restore_initial(initial, fns.optimizer,
-                                                          fns.layout, fresh)
+    return fns.init(jax.random.PRNGKey(seed)), 0, None
+  direct = init_restore_lib.restore_direct(initial, fns.optimizer, fns.layout, seed)
+  if direct is not None:
+    state, report, notes = direct
+  else:
+    fresh = fns.init(jax.random.PRNGKey(seed))
+    state, report, notes = init_restore_lib.restore_initial(
+        initial, fns.optimizer, fns.layout, fresh)
   text = init_restore_lib.format_report(report, notes)
   logging.info("Initial restore:\n%s", text)
   if _writes_summaries():
