@@ -86,11 +86,7 @@ def _fns(model) -> dict:
       return (jnp.sum(kl * w, -1), jnp.max(jnp.where(w > 0, kl, 0.0), -1),
               jnp.sum(ll * w, -1), jnp.sum(w, -1))
 
-    def score(params, batch, adaptation):
-      return model.score_batch(params, batch, adaptation)
-
     fns["kl"] = jax.jit(kl_and_score)
-    fns["score"] = jax.jit(score)
   return fns
 
 
@@ -193,18 +189,16 @@ def _load_records(task_names: Sequence[str], split: str, examples_per_task: int,
 # -- the diagnosis ------------------------------------------------------------------
 
 
-def _run(model, params, backbone_params, cache, encoded, batch_size, with_kl):
-  """Per-row (kl_sum, kl_max, ll_sum, tokens) or per-row score over ``encoded``."""
+def _run(model, params, backbone_params, cache, encoded, batch_size):
+  """Per-row (kl_sum, kl_max, target log-likelihood sum, tokens) over ``encoded``
+  (one jitted function for the real instruction and the controls: one compile)."""
   fns = _fns(model)
   n = len(encoded)
   outs = []
   for b in batching.make_batches(np.arange(n), batch_size):
     batch = {k: jnp.asarray(v[b.indices]) for k, v in encoded.arrays.items()}
     adaptation = cache.get(encoded.arrays[F.HYPER_ENCODER_INPUT_TOKENS][b.indices])
-    if with_kl:
-      res = fns["kl"](params, backbone_params, batch, adaptation)
-    else:
-      res = (fns["score"](params, batch, adaptation),)
+    res = fns["kl"](params, backbone_params, batch, adaptation)
     outs.append([np.asarray(x)[:b.num_real] for x in res])
   return [np.concatenate(col) for col in zip(*outs)]
 
@@ -271,11 +265,7 @@ def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,
   cache = AdaptationCache(model, params)
   _, backbone = plain_backbone(model)
   backbone_params = backbone(params)
-  encoded = batching.encode_records(rows, vocabulary, sequence_lengths)
-  kl_sum, kl_max, ll, ntok = _run(model, params, backbone_params, cache, encoded,
-                                  batch_size, with_kl=True)
-  scores = {"own": ll}
-  used_controls = []
+  encoded = {"own": batching.encode_records(rows, vocabulary, sequence_lengths)}
   for control in controls:
     name = evaluator.control_name(control)
     if name == "shuffled_instruction" and len(tasks) < 2:
@@ -284,10 +274,19 @@ def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,
       continue
     rewritten = evaluator.apply_control(rows, name, seed=seed,
                                         rank_classification_tasks=())
-    enc = batching.encode_records(rewritten, vocabulary, sequence_lengths)
-    scores[name] = _run(model, params, backbone_params, cache, enc, batch_size,
-                        with_kl=False)[0]
-    used_controls.append(name)
+    encoded[name] = batching.encode_records(rewritten, vocabulary,
+                                            sequence_lengths)
+  # Every distinct instruction through the hypernetwork in one call (one compile).
+  cache.get(np.concatenate([e.arrays[F.HYPER_ENCODER_INPUT_TOKENS]
+                            for e in encoded.values()]))
+  scores = {}
+  for name, enc in encoded.items():
+    out = _run(model, params, backbone_params, cache, enc, batch_size)
+    if name == "own":
+      kl_sum, kl_max, _, ntok = out
+    scores[name] = out[2]
+  used_controls = [c for c in encoded if c != "own"]
+  encoded = encoded["own"]
 
   hyper = encoded.arrays[F.HYPER_ENCODER_INPUT_TOKENS]
   report_tasks, vectors = {}, []
