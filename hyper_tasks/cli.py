@@ -3,6 +3,8 @@
   hyper-tasks train   --gin_file=experiments/hint_finetune_sni.gin --gin.MODEL_DIR=...
   hyper-tasks eval    --gin_file=... --gin_file=runs/eval_sni.gin --gin.MODEL_DIR=...
   hyper-tasks infer   --gin_file=... --gin_file=runs/infer.gin ...
+  hyper-tasks diagnose --model_dir=DIR --tasks=T1,T2 [-k 8] [--gin_file=...]
+                      (adapter diagnostics: KL from the backbone, norms, gaps; JSON)
   hyper-tasks list    [pattern] [--sni_dir ...]          (tasks and mixtures)
   hyper-tasks show    NAME [--num 3]                     (a few examples)
   hyper-tasks convert hf-to-ours  HF_DIR OUT_DIR         (params-only checkpoint)
@@ -25,7 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-COMMANDS = ("train", "eval", "infer", "list", "show", "convert")
+COMMANDS = ("train", "eval", "infer", "diagnose", "list", "show", "convert")
 
 
 def _params_only_checkpoint(params: Any, out_dir: str) -> str:
@@ -130,6 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if command == "infer":
     from hyper_tasks import infer as infer_lib
     return infer_lib.main(rest)
+  if command == "diagnose":
+    from hyper_tasks.evaluation import diagnostics
+    return diagnostics.main(rest)
   if command in ("list", "show"):
     from hyper_tasks.data import cli as data_cli
     return data_cli.main([command] + rest)
