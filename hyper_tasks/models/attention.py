@@ -7,9 +7,20 @@ Hooks, all driven by the slot dict of an ``Adaptation`` (None = plain T5):
   * fused keys/values: precomputed, masked keys/values prepended to the projected
     ones (instruction fusion's per-task cross-attention keys, see ``Adaptation``).
 T5 does not scale ``q k^T`` by ``1/sqrt(d_kv)``: the scaling lives in the init.
+
+``T5Config.attention_impl`` picks the kernel for ``softmax(q k^T + bias) v``:
+"ours" (einsums, the reference), "xla" (``jax.nn.dot_product_attention`` lowered
+by XLA: the same numbers, ``scale=1.0``, bias and boolean mask passed through) or
+"cudnn" (its cuDNN flash kernel on GPU). The fused kernels do not apply dropout to
+the attention probabilities, so a training step with dropout runs "ours" instead;
+cuDNN also needs a GPU, bfloat16/float16, ``d_kv`` a multiple of 8 up to 128, a
+bias shared over the batch (``[1, H, T, S]``) and no mask other than key padding
+(sent as key lengths: padding must be at the end, as this pipeline writes it).
+Every fallback is logged once per setting and reason, naming the setting.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -23,6 +34,61 @@ from hyper_tasks.models.peft.lora import add_lora
 from hyper_tasks.models.peft.prefixes import prefix_kv, with_prefix
 
 _NEG_INF = -1e10
+_LOGGED: set = set()
+
+
+def _fallback(impl: str, reason: str) -> str:
+  """Log (once per setting and reason) that ``impl`` runs as "ours"; "ours"."""
+  if (impl, reason) not in _LOGGED:
+    _LOGGED.add((impl, reason))
+    logging.warning("attention_impl=%r falls back to 'ours': %s.", impl, reason)
+  return "ours"
+
+
+def choose_impl(cfg: T5Config, q, bias, mask, deterministic: bool) -> str:
+  """The kernel that runs this attention: ``cfg.attention_impl`` or "ours" (logged).
+
+  ``q`` is ``[B, T, H, K]``; ``bias``/``mask`` as in ``MultiHeadAttention``.
+  """
+  impl = cfg.attention_impl
+  if impl == "ours":
+    return impl
+  if not deterministic and cfg.dropout_rate > 0:
+    return _fallback(impl, f"fused attention applies no dropout to the attention "
+                     f"probabilities (dropout_rate={cfg.dropout_rate} in training)")
+  if impl == "xla":
+    return impl
+  backend = jax.default_backend()
+  if backend not in ("gpu", "cuda"):
+    return _fallback(impl, f"cuDNN attention needs a GPU (backend is {backend!r})")
+  if jnp.dtype(cfg.dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return _fallback(impl, f"cuDNN attention needs bfloat16 or float16 (dtype is "
+                     f"{jnp.dtype(cfg.dtype).name})")
+  if q.shape[-1] % 8 or q.shape[-1] > 128:
+    return _fallback(impl, f"cuDNN attention needs d_kv a multiple of 8 up to 128 "
+                     f"(d_kv={q.shape[-1]})")
+  if bias is not None and bias.shape[0] != 1:
+    return _fallback(impl, f"cuDNN attention needs a bias [1, H, T, S] (got "
+                     f"{tuple(bias.shape)})")
+  if mask is not None and (mask.shape[1] != 1 or mask.shape[2] != 1):
+    return _fallback(impl, f"cuDNN attention takes key padding only (mask "
+                     f"{tuple(mask.shape)}: causal, packed or per-query)")
+  return impl
+
+
+def fused_attention(q, k, v, bias, mask, impl: str):
+  """``softmax(q k^T + bias, masked) v`` by ``jax.nn.dot_product_attention``.
+
+  ``q`` ``[B, T, H, K]``, ``k``/``v`` ``[B, S, H, K]``; returns ``[B, T, H, K]``.
+  """
+  kwargs = {}
+  if impl == "cudnn" and mask is not None:
+    # Key padding [B|1, 1, 1, S] -> key lengths (padding at the end).
+    lengths = jnp.sum(mask[:, 0, 0, :].astype(jnp.int32), axis=-1)
+    kwargs["key_value_seq_lengths"] = jnp.broadcast_to(lengths, (q.shape[0],))
+    mask = None
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0,
+                                      implementation=impl, **kwargs)
 
 
 class MultiHeadAttention(nn.Module):
@@ -106,14 +172,18 @@ class MultiHeadAttention(nn.Module):
         bias = jnp.zeros((1, h, q.shape[1], k.shape[1]), cfg.dtype)
       k, v, bias, mask = with_prefix(k, v, bias, mask, pk, pv)
 
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    if bias is not None:
-      scores = scores + bias.astype(jnp.float32)
-    if mask is not None:
-      scores = jnp.where(mask, scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, -1, hk)
+    impl = choose_impl(cfg, q, bias, mask, deterministic)
+    if impl != "ours":
+      out = fused_attention(q, k, v, bias, mask, impl).reshape(b, -1, hk)
+    else:
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+      if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+      if mask is not None:
+        scores = jnp.where(mask, scores, _NEG_INF)
+      probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+      probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
+      out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, -1, hk)
     out = constrain(out, ("batch", "length", "joined_kv"))
     return self._proj("out", out, d, ("joined_kv", "embed"), hk ** -0.5, slots, "o")
 

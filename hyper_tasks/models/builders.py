@@ -121,7 +121,9 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
                label_smoothing: float = 0.0,
                loss_normalizing_factor: Any = "num_real_target_tokens",
                hypernet_kwargs: Optional[dict] = None,
-               config_overrides: Optional[dict] = None) -> EncoderDecoderModel:
+               config_overrides: Optional[dict] = None,
+               remat_policy: Optional[str] = None,
+               attention_impl: Optional[str] = None) -> EncoderDecoderModel:
   """A (hyper-)T5 wrapped in the t5x-like model API.
 
   Args:
@@ -137,11 +139,23 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
       sums the token losses, which is HINT's setting).
     hypernet_kwargs: options for :func:`~hyper_tasks.models.hypernets.make_hypernet`.
     config_overrides: further ``T5Config`` fields (e.g. ``num_encoder_layers``).
+    remat_policy: per-layer rematerialisation, "none" | "minimal" | "full"
+      (``T5Config.remat_policy``; None: the config's, "none").
+    attention_impl: "ours" | "xla" | "cudnn" (``T5Config.attention_impl``; None:
+      the config's, "ours").
   Raises:
     ValueError: for inconsistent combinations, naming them.
   """
-  cfg = make_t5_config(variant, size, **dict(config_overrides or {}),
-                       vocab_size=vocab_size, dropout_rate=dropout_rate, dtype=dtype)
+  overrides = dict(config_overrides or {})
+  for key, value in (("remat_policy", remat_policy),
+                     ("attention_impl", attention_impl)):
+    if value is not None:
+      if key in overrides and overrides[key] != value:
+        raise ValueError(f"make_model: {key}={value!r} contradicts "
+                         f"config_overrides[{key!r}]={overrides[key]!r}.")
+      overrides[key] = value
+  cfg = make_t5_config(variant, size, **overrides, vocab_size=vocab_size,
+                       dropout_rate=dropout_rate, dtype=dtype)
   spec = peft_spec if peft_spec is not None else PeftSpec()
   if not isinstance(spec, PeftSpec):
     raise ValueError(f"make_model: peft_spec must be a PeftSpec (e.g. "

@@ -17,6 +17,10 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 
+REMAT_POLICIES = ("none", "minimal", "full")
+ATTENTION_IMPLS = ("ours", "xla", "cudnn")
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Architecture of a T5 encoder-decoder."""
@@ -43,9 +47,27 @@ class T5Config:
   max_sequence_length: Optional[int] = None
   # Computation dtype; parameters always stay float32.
   dtype: Any = jnp.float32
+  # Rematerialisation of each encoder/decoder layer in the backward pass (see
+  # ``REMAT_POLICIES``): "none" keeps every activation, "minimal" keeps only the
+  # outputs of the weight matmuls (``dots_with_no_batch_dims_saveable``), "full"
+  # keeps only each layer's inputs. Gradients are the same; memory and time differ.
+  remat_policy: str = "none"
+  # Attention kernel (see ``ATTENTION_IMPLS``): "ours" (einsums + softmax), "xla"
+  # (``jax.nn.dot_product_attention`` lowered by XLA), "cudnn" (its cuDNN fused
+  # kernel on GPU; falls back to "ours", logged with the reason, where its
+  # constraints do not hold). Parameters are the same for all three.
+  attention_impl: str = "ours"
   pad_id: int = 0
   eos_id: int = 1
   decoder_start_id: int = 0
+
+  def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; choose from "
+                       f"{REMAT_POLICIES}.")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"Unknown attention_impl {self.attention_impl!r}; choose "
+                       f"from {ATTENTION_IMPLS}.")
 
   @property
   def inner_dim(self) -> int:

@@ -4,12 +4,20 @@ Pre-norm residual blocks with RMS layer norm, relative position bias computed on
 stack (first layer's table, shared by all layers, as in the reference), dropout on the
 embeddings, attention probabilities, MLP hidden, every sublayer output and the final
 norm. Each sublayer passes its slot dict of the ``Adaptation`` to the PEFT hooks.
+
+``T5Config.remat_policy`` wraps each layer in ``nn.remat`` (same module names, so
+the parameter tree is unchanged): "minimal" saves the weight matmuls' outputs
+(``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``; attention scores and
+elementwise results are recomputed), "full" saves nothing inside a layer
+(``nothing_saveable``). Cached decoding and the instruction's cross keys/values
+never rematerialise (no backward pass).
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from hyper_tasks.models.adaptation import Adaptation
@@ -20,6 +28,26 @@ from hyper_tasks.models.layers import (Dense, RMSNorm, RelativePositionBias,
 from hyper_tasks.models.peft.adapters import adapter_delta
 from hyper_tasks.models.peft.ia3 import ia3_scale
 from hyper_tasks.models.peft.lora import add_lora
+
+
+_REMAT = {
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_layer(cls, policy: str, static_argnums: tuple):
+  """``cls`` or ``nn.remat(cls)`` under the named policy (see ``REMAT_POLICIES``).
+
+  ``static_argnums`` count ``self`` as 0 (flax's convention) and name the Python
+  flags (``deterministic``, ``decode``).
+  """
+  if policy == "none":
+    return cls
+  if policy not in _REMAT:
+    raise ValueError(f"Unknown remat_policy {policy!r}; choose from "
+                     f"{('none',) + tuple(_REMAT)}.")
+  return nn.remat(cls, policy=_REMAT[policy], static_argnums=static_argnums)
 
 
 def _site_slots(adaptation: Optional[Adaptation], stack: str, layer: int, module: str):
@@ -169,10 +197,12 @@ class Encoder(nn.Module):
       attn_mask = attn_mask & (segment_ids[:, None, :, None] ==
                                segment_ids[:, None, None, :])
     x = nn.Dropout(cfg.dropout_rate)(x.astype(cfg.dtype), deterministic=deterministic)
+    # x, bias, mask, adaptation, deterministic (static)
+    layer_cls = remat_layer(EncoderLayer, cfg.remat_policy, (5,))
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, i, self.lora_scales, self.adapter_activation,
-                       name=f"layers_{i}")(x, bias, attn_mask, adaptation,
-                                           deterministic)
+      x = layer_cls(cfg, i, self.lora_scales, self.adapter_activation,
+                    name=f"layers_{i}")(x, bias, attn_mask, adaptation,
+                                        deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -237,8 +267,11 @@ class Decoder(nn.Module):
       cross_mask = cross_mask & (segment_ids[:, None, :, None] ==
                                  encoder_segment_ids[:, None, None, :])
     y = nn.Dropout(cfg.dropout_rate)(y.astype(cfg.dtype), deterministic=deterministic)
+    # y, encoded, biases/masks, adaptation, deterministic and decode (static)
+    layer_cls = remat_layer(DecoderLayer, "none" if decode else cfg.remat_policy,
+                            (7, 8))
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, i, self.lora_scales, self.adapter_activation,
+      y = layer_cls(cfg, i, self.lora_scales, self.adapter_activation,
                        name=f"layers_{i}")(
           y, encoded, self_bias, self_mask, cross_mask, adaptation, deterministic,
           decode)
