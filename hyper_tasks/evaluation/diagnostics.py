@@ -156,11 +156,10 @@ def _task_records(records: Sequence[Mapping[str, Any]],
   if task_names:
     wanted = [_text(t) for t in task_names]
     missing = [t for t in wanted if t not in by_task]
-    if missing and len(missing) < len(wanted):
+    if missing:
       raise DiagnosticsError(f"task(s) {missing} have no examples; the records "
                              f"hold tasks {sorted(by_task)}.")
-    if not missing:
-      by_task = {t: by_task[t] for t in wanted}
+    by_task = {t: by_task[t] for t in wanted}
   if not by_task:
     raise DiagnosticsError("diagnose got no examples.")
   out = {}
