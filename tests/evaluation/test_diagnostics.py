@@ -93,8 +93,10 @@ def test_trained_hint_is_not_a_no_op(trained, tmp_path):
     assert site["adapter_delta_w"] > 0 and site["adapter_down"] > 0
     assert r["norms"]["encoder/layers_0/attention"]["lora_q_ba"] > 0
     assert set(r["gap"]) == set(diagnostics.DEFAULT_CONTROLS)
+  # Each task's own instruction beats another task's (measured: 1.4 to 4.5 nats
+  # per target token after 40 steps).
   gaps = [r["gap"]["shuffled_instruction"] for r in result["tasks"].values()]
-  assert np.mean(gaps) > 0, gaps
+  assert min(gaps) > 0.1, gaps
   matrix = np.asarray(result["cosine_similarity"]["matrix"], float)
   np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-6)
   assert np.all(matrix < 1.0 + 1e-6)
