@@ -41,7 +41,6 @@ import numpy as np
 
 from hyper_tasks.data import features as F
 from hyper_tasks.evaluation import batching
-from hyper_tasks.models.adaptation import Adaptation
 from hyper_tasks.models.cache import AdaptationCache
 
 DEFAULT_CONTROLS = ("shuffled_instruction", "random_instruction",
