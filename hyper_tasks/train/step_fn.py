@@ -15,6 +15,12 @@
 * **NaN/Inf guard**: when the loss, a gradient or an update is not finite the state is left
   unchanged (the update is discarded on device) and ``metrics["finite"]`` is 0; the
   trainer stops with an error naming the step, so no checkpoint ever holds NaNs.
+* **Frozen groups cost nothing**: gradients are taken with respect to the
+  trainable parameters only (the frozen ones enter the loss as constants, so XLA
+  never builds their backward matmuls); the frozen parameters are carried over
+  untouched, and the finiteness check and norms read trainable gradients and
+  updates only. The optimizer still sees a full-shaped gradient tree (zeros in
+  the frozen groups, which ``optax.set_to_zero`` ignores).
 * **Metrics** (device scalars): loss, z_loss, accuracy, loss_per_token, num_tokens,
   num_examples, ``learning_rate/<group>``, ``grad_norm/<group>``,
   ``param_norm/<group>`` and their global ``grad_norm``/``param_norm``; frozen
@@ -87,6 +93,25 @@ def _all_finite(tree: PyTree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def split_trainable(params: PyTree, path_group: Mapping[str, str],
+                    frozen: set) -> tuple[dict, dict]:
+  """``(trainable, frozen)`` ``{parameter path: leaf}`` dicts of ``params``."""
+  trainable, fixed = {}, {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = tree_utils.path_str(path)
+    (fixed if path_group[name] in frozen else trainable)[name] = leaf
+  return trainable, fixed
+
+
+def merge_trainable(params: PyTree, trainable: Mapping[str, Any],
+                    fixed: Mapping[str, Any]) -> PyTree:
+  """``params``' structure with leaves from ``trainable`` or ``fixed`` by path."""
+  def pick(path, _):
+    name = tree_utils.path_str(path)
+    return trainable[name] if name in trainable else fixed[name]
+  return jax.tree_util.tree_map_with_path(pick, params)
+
+
 def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
                     path_group: Mapping[str, str],
                     num_microbatches: int = 1) -> Callable[..., Any]:
@@ -105,20 +130,25 @@ def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
     normalizer = lambda w: jnp.maximum(jnp.sum(w), 1.0)
 
   def grads_and_metrics(params, batch, step_rng):
+    """Gradients of the trainable parameters only, ``{path: grad}``, and metrics."""
+    trainable, fixed = split_trainable(params, path_group, frozen)
+
+    def loss_of_trainable(train, batch, rng):
+      return model.loss_fn(merge_trainable(params, train, fixed), batch, rng)
+
+    grad_fn = jax.value_and_grad(loss_of_trainable, has_aux=True)
     if num_microbatches <= 1:
-      grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-      (_, metrics), grads = grad_fn(params, batch, step_rng)
+      (_, metrics), grads = grad_fn(trainable, batch, step_rng)
       return grads, {k: metrics[k] for k in _WEIGHTED + _SUMMED}
 
     micro = split_microbatches(batch, num_microbatches)
     total_weight = jnp.maximum(jnp.sum(loss_weights(batch)), 1.0)
     total_norm = normalizer(loss_weights(batch))
-    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
 
     def body(carry, inputs):
       grads_acc, metrics_acc = carry
       i, mb = inputs
-      (_, m), g = grad_fn(params, mb, jax.random.fold_in(step_rng, i))
+      (_, m), g = grad_fn(trainable, mb, jax.random.fold_in(step_rng, i))
       # This microbatch's share of the full batch's normaliser: its token share
       # for the token mean, 1 for a constant or summed loss.
       share = normalizer(loss_weights(mb)) / total_norm
@@ -133,32 +163,40 @@ def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
         metrics_acc[k] = metrics_acc[k] + m[k]
       return (grads_acc, metrics_acc), None
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
     metrics0 = {k: jnp.zeros((), jnp.float32) for k in _WEIGHTED + _SUMMED}
     steps = jnp.arange(num_microbatches)
     (grads, metrics), _ = jax.lax.scan(body, (zeros, metrics0), (steps, micro))
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
     return grads, metrics
 
   def train_step(state: TrainState, batch: Batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    grads, metrics = grads_and_metrics(state.params, batch, step_rng)
+    train_grads, metrics = grads_and_metrics(state.params, batch, step_rng)
+    # The optimizer takes a full tree; frozen groups (set_to_zero) ignore theirs.
+    _, fixed = split_trainable(state.params, path_group, frozen)
+    grads = merge_trainable(state.params, train_grads,
+                            {k: jnp.zeros_like(v) for k, v in fixed.items()})
     updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-    new_params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+    train_updates, _ = split_trainable(updates, path_group, frozen)
+    train_params, _ = split_trainable(state.params, path_group, frozen)
     # Updates too: a schedule or optimizer statistic can overflow on its own.
-    finite = (_all_finite(grads) & _all_finite(updates)
+    finite = (_all_finite(train_grads) & _all_finite(train_updates)
               & jnp.isfinite(metrics["loss"]))
-    # A non-finite step changes nothing (the trainer then stops and names it).
+    # A non-finite step changes nothing (the trainer then stops and names it);
+    # frozen parameters are carried over as they are.
+    new_train = {k: jnp.where(finite, p + train_updates[k], p)
+                 for k, p in train_params.items()}
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(step=state.step + 1,
-                              params=keep(new_params, state.params),
+                              params=merge_trainable(state.params, new_train, fixed),
                               opt_state=keep(new_opt, state.opt_state))
 
     metrics = dict(metrics)
     metrics["finite"] = finite.astype(jnp.float32)
     lrs = optimizer.learning_rates(state.opt_state)
-    grad_sq = _group_sq_norms(grads, path_group, groups)
+    grad_sq = _group_sq_norms(train_grads, path_group, groups)
     param_sq = _group_sq_norms(state.params, path_group, groups)
     for g in groups:
       metrics[f"learning_rate/{g}"] = lrs[g]
@@ -172,4 +210,7 @@ def make_train_step(model, optimizer: optimizers.GroupedOptimizer,
                                          jnp.zeros((), jnp.float32)))
     return new_state, metrics
 
+  # The gradient function, for tests and benchmarks: ``(params, batch, rng) ->
+  # ({trainable path: grad}, metrics)``.
+  train_step.trainable_grads = grads_and_metrics
   return train_step
