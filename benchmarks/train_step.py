@@ -17,6 +17,17 @@ analytic forward count of :mod:`hyper_tasks.models.flops` (backward ~= 2x forwar
 per example, adapters + prefixes, instruction fusion; everything trained with the dual
 Adafactor) and reports its overhead over the plain T5 step.
 
+Issue 18 measurements (plain T5 / HINT; no PyTorch):
+
+    python benchmarks/train_step.py --size small --remat-memory   # per remat policy
+    python benchmarks/train_step.py --size small --frozen         # frozen groups
+
+``--remat-memory`` compiles the plain T5 train step (loss gradient + Adafactor) under
+each ``remat_policy`` and prints XLA's ``memory_analysis()`` (temporary bytes) and
+the step time; ``--frozen`` times the HINT step (``step_fn.make_train_step``) with
+everything trained, the backbone frozen and only the hypernetwork trained, side by
+side in one process.
+
 Step times are medians over ``--steps`` after ``--warmup`` (compilation excluded).
 ``--record`` rewrites this benchmark's section of ``benchmarks/RESULTS.md``.
 """
@@ -73,6 +84,10 @@ def parse_args(argv=None):
   p.add_argument("--record", action="store_true",
                  help="write the results into benchmarks/RESULTS.md")
   p.add_argument("--note", default="", help="extra line for RESULTS.md")
+  p.add_argument("--remat-memory", action="store_true",
+                 help="only: compiled temp memory and step time per remat policy")
+  p.add_argument("--frozen", action="store_true",
+                 help="only: HINT step time, all trained vs frozen groups")
   return p.parse_args(argv)
 
 
@@ -198,9 +213,122 @@ def _command(argv) -> str:
   return " ".join(out)
 
 
+# -- issue 18 ----------------------------------------------------------------------------------
+def _median_seconds(fn, warmup: int, steps: int) -> float:
+  import jax
+  for _ in range(max(warmup, 1)):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def remat_memory(args) -> list:
+  """Temporary bytes of the compiled plain-T5 step and its time, per remat policy."""
+  import jax
+  from hyper_tasks.models.builders import make_model
+  from hyper_tasks.train.optimizers import adafactor_dual
+  batch = _batch(args, 32128, np.random.RandomState(0))
+  shapes = {k: v.shape for k, v in batch.items()}
+  rows = []
+  for policy in ("none", "minimal", "full"):
+    model = make_model(args.variant, args.size, hypernet="none",
+                       dropout_rate=args.dropout, remat_policy=policy)
+    key = jax.random.key(0, impl="rbg")
+    params = jax.jit(lambda k: model.get_initial_variables(
+        k, shapes, boxed=False)["params"])(key)
+    opt = adafactor_dual()
+    opt_state = jax.jit(opt.init)(params)
+
+    def step(params, opt_state, batch, rng):
+      grads = jax.grad(lambda p: model.loss_fn(p, batch, rng)[0])(params)
+      updates, opt_state = opt.update(grads, opt_state, params)
+      return jax.tree.map(lambda p, u: p + u, params, updates), opt_state
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(params, opt_state, batch, key).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    secs = _median_seconds(lambda: compiled(params, opt_state, batch, key),
+                           args.warmup, args.steps)
+    rows.append((policy, mem.temp_size_in_bytes, secs, compile_s))
+    print(f"remat {policy}: temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, "
+          f"{secs:.2f} s/step (compile {compile_s:.0f} s)", flush=True)
+  return rows
+
+
+def frozen_step_times(args) -> list:
+  """HINT step time with everything trained vs frozen groups (one process)."""
+  import jax
+  import jax.numpy as jnp
+  from hyper_tasks.models.builders import make_model, make_peft_spec
+  from hyper_tasks.train import optimizers, step_fn
+  from hyper_tasks.train.train_state import TrainState
+  spec = make_peft_spec(adapter_size=64, num_prefix_tokens=30)
+  model = make_model(args.variant, args.size, hypernet="hint", peft_spec=spec,
+                     instruction_fusion=True, dropout_rate=args.dropout,
+                     hypernet_kwargs={"num_heads": 8})
+  batch = _batch(args, model.module.config.vocab_size, np.random.RandomState(0),
+                 instruction=args.instruction_len)
+  shapes = {k: v.shape for k, v in batch.items()}
+  key = jax.random.key(0, impl="rbg")
+  params = jax.jit(lambda k: model.get_initial_variables(
+      k, shapes, boxed=False)["params"])(key)
+  rows = []
+  for name, opt in (("adafactor_dual (all trained)", optimizers.adafactor_dual()),
+                    ("frozen_backbone", optimizers.frozen_backbone()),
+                    ("hypernet_only", optimizers.hypernet_only())):
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                       opt_state=jax.jit(opt.init)(params), rng=key)
+    step = jax.jit(step_fn.make_train_step(model, opt, opt.group_of(params)))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    secs = _median_seconds(lambda: compiled(state, batch), args.warmup, args.steps)
+    rows.append((name, secs, compile_s))
+    print(f"{name}: {secs:.3f} s/step (compile {compile_s:.0f} s)", flush=True)
+  # The step before issue 18 with the backbone frozen: every gradient computed,
+  # set_to_zero drops the frozen ones, the finiteness check reads them all.
+  opt = optimizers.frozen_backbone()
+  opt_state = jax.jit(opt.init)(params)
+
+  def old_step(params, opt_state, batch, rng):
+    (_, m), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
+        params, batch, rng)
+    updates, new_opt = opt.update(grads, opt_state, params)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                for x in jax.tree.leaves((grads, updates))]))
+    new = jax.tree.map(lambda p, u: jnp.where(finite, p + u, p), params, updates)
+    return new, new_opt, m["loss"]
+
+  t0 = time.perf_counter()
+  compiled = jax.jit(old_step).lower(params, opt_state, batch, key).compile()
+  compile_s = time.perf_counter() - t0
+  secs = _median_seconds(lambda: compiled(params, opt_state, batch, key),
+                         args.warmup, args.steps)
+  name = "frozen_backbone, previous step (all gradients)"
+  rows.append((name, secs, compile_s))
+  print(f"{name}: {secs:.3f} s/step (compile {compile_s:.0f} s)", flush=True)
+  return rows
+
+
 # -- main ------------------------------------------------------------------------------------
 def main(argv=None):
   args = parse_args(argv)
+  if args.remat_memory or args.frozen:
+    print(f"machine: {common.machine_description()}")
+    print(f"config: {args.variant}/{args.size}, batch {args.batch}, inputs "
+          f"{args.inputs}, targets {args.targets}, instruction "
+          f"{args.instruction_len}, dropout {args.dropout}")
+    out = {}
+    if args.remat_memory:
+      out["remat"] = remat_memory(args)
+    if args.frozen:
+      out["frozen"] = frozen_step_times(args)
+    return out
   import jax
   from hyper_tasks.models import flops
   from hyper_tasks.models.config import preset
