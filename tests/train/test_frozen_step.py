@@ -20,8 +20,8 @@ def setup():
   model = lib.tiny_hint(dropout_rate=0.0)
   batch = next(lib.synthetic_batches(batch_size=2))
   shapes = {k: v.shape for k, v in batch.items()}
-  params = model.get_initial_variables(jax.random.key(0), shapes,
-                                       boxed=False)["params"]
+  params = jax.jit(lambda k: model.get_initial_variables(
+      k, shapes, boxed=False)["params"])(jax.random.key(0))
   return model, batch, params
 
 
