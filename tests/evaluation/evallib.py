@@ -23,3 +23,18 @@ def random_params(model, seed=0):
     fan_in = leaf.shape[0] if leaf.ndim > 1 else 1
     return (rng.normal(size=leaf.shape) * fan_in ** -0.5).astype(leaf.dtype)
   return jax.tree_util.tree_map_with_path(init, abstract)
+
+
+def adam_trainer(model, params, learning_rate=1e-2):
+  """``(step, state)``: one jitted Adam step on ``model.loss_fn``,
+  ``step(params, state, batch) -> (params, state, loss)``, and its initial state."""
+  import optax  # pylint: disable=g-import-not-at-top
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(params, state, batch):
+    (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
+        params, batch)
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+  return step, opt.init(params)

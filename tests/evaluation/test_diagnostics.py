@@ -5,7 +5,6 @@ import json
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from hyper_tasks.data import features as F
@@ -51,15 +50,7 @@ def _records(n=K, seed=1):
 
 def _train(model, params, steps=40):
   arrays = batching.encode_records(_records(8, seed=0), VOCAB, LENGTHS).arrays
-  opt = optax.adam(1e-2)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, batch):
-    (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
-        params, batch)
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, loss
+  step, state = evallib.adam_trainer(model, params)
 
   batch = {k: jax.numpy.asarray(v) for k, v in arrays.items()}
   for _ in range(steps):

@@ -12,7 +12,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from hyper_tasks.data import features as F
@@ -69,15 +68,7 @@ def _train(model, params, steps=40):
   """A few dozen Adam steps on the toy training mixture."""
   records = list(toy.records("", "train", "train"))[::7]
   arrays = batching.encode_records(records, VOCAB, LENGTHS).arrays
-  opt = optax.adam(1e-2)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, batch):
-    (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
-        params, batch)
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, loss
+  step, state = evallib.adam_trainer(model, params)
 
   rng = np.random.default_rng(0)
   losses = []
