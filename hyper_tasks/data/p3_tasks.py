@@ -27,19 +27,32 @@ shots before it in ``hyper_inputs``, ``_concat`` variants before the prompt in
 ``inputs`` (baselines), in HINT's FLAN-style format or ``newline`` blocks
 (``few_shot_format``; see p3.py). k is 1..5 by default.
 
-Rows are rendered lazily in a Python generator (datasets can hold millions of
-rows; the T0 cap is applied by the mixture rates, as in T0), so registration only
-checks which files exist.
+Rows are rendered lazily (datasets can hold millions of rows; the T0 cap is
+applied by the mixture rates, as in T0), so registration only checks which files
+exist. A task's tf.data source moves row *indices*: it shards and shuffles them
+(``_SHUFFLE_ROWS``-row buffer, seeded, reshuffled each epoch), then reads and
+renders blocks of ``_RENDER_BLOCK`` rows in one Python call (local jsonl is read
+by byte offset). Shuffling rendered records instead made the first example of
+each task wait for ``_SHUFFLE_ROWS`` renderings (and held as many records per
+task in memory), and one Python call per record cost more than rendering it.
+Where every row renders, the order is the one a ``_SHUFFLE_ROWS``-record shuffle
+of the rendered records would give (same seed); rows that render to nothing are
+dropped after the shuffle. Training tasks have no second, seqio shuffle of their
+examples (``_SCORE_EVAL_SHUFFLE``).
 """
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
+import json
 import logging
 import os
+import threading
 from typing import Iterator, Optional, Sequence
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -52,6 +65,13 @@ from hyper_tasks.data import vocab as vocab_lib
 MAX_EXAMPLES_PER_DATASET = 500_000
 DEFAULT_SHOTS = (1, 2, 3, 4, 5)
 _SHUFFLE_ROWS = 10_000
+# Rows read and rendered per Python call of a task's source.
+_RENDER_BLOCK = 64
+# seqio's example shuffle after preprocessing. Training tasks have none: their
+# source already shuffles rows, one example each, and a 1000-example buffer per
+# task made the first batch of t0_train wait for 1000 renderings of (nearly)
+# every task. Rank classification puts a row's choices next to each other.
+_SCORE_EVAL_SHUFFLE = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,25 +93,74 @@ class RowReader:
 
   def rows(self, split: str, shard_index: int = 0,
            num_shards: int = 1) -> Iterator[tuple[int, dict]]:
+    """(row index, row) in file order, every ``num_shards``-th row."""
     path = self._path(split)
     if path:
       yield from p3.iter_jsonl(path, shard_index, num_shards)
       return
+    for index, row in enumerate(self._hf_rows(split)):
+      if index % num_shards == shard_index:
+        yield index, row
+
+  def _hf_rows(self, split: str) -> list[dict]:
     rows = _hf_rows_cached(self.dataset, self.dataset.hf_split(split))
     if rows is None:
       raise FileNotFoundError(
           f"No local data for {self.dataset.task_key}/{split} under "
           f"{self.data_dir!r} and the `datasets` package is not installed.")
-    for index, row in enumerate(rows):
-      if index % num_shards == shard_index:
-        yield index, row
+    return rows
 
-  def num_rows(self, split: str) -> int:
+  def rows_at(self, split: str, indices: Sequence[int]) -> list[dict]:
+    """The rows with these indices (``rows``' numbering), in the given order."""
     path = self._path(split)
     if path:
-      return p3.count_rows(path)
+      offsets = _line_offsets(path)
+      out = []
+      with open(path, "rb") as f:
+        for index in indices:
+          f.seek(int(offsets[index]))
+          # The line up to the first universal newline, as text mode reads it.
+          line = f.readline().splitlines()[0]
+          out.append(json.loads(line.decode("utf-8")))
+      return out
+    rows = self._hf_rows(split)
+    return [rows[int(i)] for i in indices]
+
+  def num_rows(self, split: str, strict: bool = False) -> int:
+    """Rows of ``split``; 0 without data unless ``strict`` (then it raises)."""
+    path = self._path(split)
+    if path:
+      return len(_line_offsets(path))
+    if strict:
+      return len(self._hf_rows(split))
     rows = _hf_rows_cached(self.dataset, self.dataset.hf_split(split))
     return len(rows or ())
+
+
+@functools.lru_cache(maxsize=None)
+def _line_offsets(path: str) -> np.ndarray:
+  """Byte offset of each row of a jsonl file, numbered as ``p3.iter_jsonl``.
+
+  Rows are the non-blank lines of the file read in text mode (universal
+  newlines: ``\\n``, ``\\r\\n`` and a lone ``\\r`` end a line). One pass over
+  the file, shared by the templates of a dataset; it also counts the rows.
+  """
+  offsets = array.array("q")
+  position = 0
+  with open(path, "rb") as f:
+    for raw in f:
+      # A lone \r splits a line in text mode; bytes.splitlines splits there too.
+      pieces = raw.splitlines(keepends=True) if b"\r" in raw else (raw,)
+      for piece in pieces:
+        stripped = piece.strip()
+        # str.strip also drops non-ASCII whitespace: decode the rare line whose
+        # first non-space byte is not JSON's opening brace.
+        if stripped and (stripped[:1] in (b"{", b"[") or
+                         piece.decode("utf-8").strip()):
+          offsets.append(position)
+        position += len(piece)
+  offsets = np.frombuffer(offsets, dtype=np.int64)
+  return offsets.astype(np.uint32) if position < 2 ** 32 else offsets.copy()
 
 
 @functools.lru_cache(maxsize=16)
@@ -126,46 +195,171 @@ class _TaskSpec:
   instruction: str = p3.INSTRUCTION_TEMPLATE
   few_shot_format: str = p3.FEW_SHOT_FLAN
 
-  def records(self, split: str, shard_index: int = 0,
-              num_shards: int = 1) -> Iterator[dict]:
+  def _context(self, split: str) -> tuple:
+    """(shot pool, whether it is ``split``, template instruction or None)."""
     pool, same_split = (), True
     if self.shots:
       splits = self.reader.available_splits()
       pool_split = "train" if "train" in splits else split
       same_split = pool_split == split
       pool = _shot_pool(self.reader, self.template, pool_split, self.max_pool)
-    key = self.reader.dataset.task_key
-    salt = f"{key}/{self.template.id}"
     instruction = (p3.template_instruction(self.template)
                    if self.instruction == p3.INSTRUCTION_TEMPLATE else None)
+    return pool, same_split, instruction
+
+  @property
+  def _salt(self) -> str:
+    return f"{self.reader.dataset.task_key}/{self.template.id}"
+
+  def _record(self, split: str, index: int, row: dict,
+              context: tuple) -> Optional[dict]:
+    """The record of row ``index``, or None where the row gives no example."""
+    pool, same_split, instruction = context
+    rendered = p3.render(self.template, row, seed=index)
+    if rendered is None or (self.score_eval and not rendered.choices):
+      return None
+    shots = (p3.pick_shots(pool, self.shots, index, same_split, self.seed,
+                           self._salt) if self.shots else ())
+    key = self.reader.dataset.task_key
+    return p3.make_record(
+        self.reader.dataset, self.template, rendered,
+        example_id=f"{key}-{split}-{index}", shots=shots,
+        shots_in_inputs=self.shots_in_inputs, with_choices=self.score_eval,
+        instruction=instruction, shot_format=self.few_shot_format)
+
+  def records(self, split: str, shard_index: int = 0,
+              num_shards: int = 1) -> Iterator[dict]:
+    """A shard's records in row order (``dataset_fn`` unshuffled, slowly)."""
+    context = self._context(split)
     total = skipped = 0
     for index, row in self.reader.rows(split, shard_index, num_shards):
       total += 1
-      rendered = p3.render(self.template, row, seed=index)
-      if rendered is None or (self.score_eval and not rendered.choices):
+      record = self._record(split, index, row, context)
+      if record is None:
         skipped += 1
         continue
-      shots = (p3.pick_shots(pool, self.shots, index, same_split, self.seed,
-                             salt) if self.shots else ())
-      yield p3.make_record(
-          self.reader.dataset, self.template, rendered,
-          example_id=f"{key}-{split}-{index}", shots=shots,
-          shots_in_inputs=self.shots_in_inputs, with_choices=self.score_eval,
-          instruction=instruction, shot_format=self.few_shot_format)
-    p3.log_skipped(f"{salt}/{split}", skipped, total)
+      yield record
+    p3.log_skipped(f"{self._salt}/{split}", skipped, total)
+
+  def render_block(self, split: str, indices: np.ndarray,
+                   expected_rows: int = 0,
+                   context: Optional[tuple] = None) -> list[np.ndarray]:
+    """Records of rows ``indices`` as columns (``dataset_fn``'s Python call).
+
+    Returns one array per key of ``F.RECORD_SIGNATURE`` (utf-8 bytes or int32),
+    then, for score_eval, the answer choices flattened and their counts.
+    ``context`` is ``_context(split)`` (computed when not given).
+    """
+    indices = [int(i) for i in indices]
+    if context is None:
+      context = self._context(split)
+    rows = self.reader.rows_at(split, indices)
+    records = [r for r in (self._record(split, i, row, context)
+                           for i, row in zip(indices, rows)) if r is not None]
+    _count_skipped(f"{self._salt}/{split}", len(indices) - len(records),
+                   len(indices), expected_rows)
+    columns = []
+    for key, spec in F.RECORD_SIGNATURE.items():
+      if spec.dtype == tf.string:
+        columns.append(_bytes_array([r[key] for r in records]))
+      else:
+        columns.append(np.asarray([r[key] for r in records], dtype=np.int32))
+    if self.score_eval:
+      columns.append(_bytes_array(
+          [c for r in records for c in r[p3.ANSWER_CHOICES]]))
+      columns.append(np.asarray([len(r[p3.ANSWER_CHOICES]) for r in records],
+                                dtype=np.int64))
+    return columns
 
   def dataset_fn(self, split, shuffle_files, seed=None, shard_info=None):
-    signature = dict(F.RECORD_SIGNATURE)
-    if self.score_eval:
-      signature[p3.ANSWER_CHOICES] = tf.TensorSpec([None], tf.string)
-    ds = tf.data.Dataset.from_generator(
-        functools.partial(self.records, split,
-                          shard_info.index if shard_info else 0,
-                          shard_info.num_shards if shard_info else 1),
-        output_signature=signature)
+    """Records of a shard: row indices sharded, shuffled, then rendered."""
+    index = shard_info.index if shard_info else 0
+    num_shards = shard_info.num_shards if shard_info else 1
+    num_rows = self.reader.num_rows(split, strict=True)
+    # The rows of this shard are rows index, index + num_shards, ...
+    ds = tf.data.Dataset.range(index, num_rows, num_shards)
     if shuffle_files:
       ds = ds.shuffle(_SHUFFLE_ROWS, seed=seed, reshuffle_each_iteration=True)
-    return ds
+    shard_rows = len(range(index, num_rows, num_shards))
+    keys = list(F.RECORD_SIGNATURE)
+    dtypes = [F.RECORD_SIGNATURE[k].dtype for k in keys]
+    if self.score_eval:
+      dtypes += [tf.string, tf.int64]
+    if self.instruction == p3.INSTRUCTION_TEMPLATE:
+      # Derived (and any fallback logged) once, here, not in reader threads.
+      p3.template_instruction(self.template)
+    # The shot pool is rendered at the first block and kept with the dataset
+    # (not in _shot_pool's cache alone, which hundreds of tasks would cycle).
+    context = []
+
+    def render(block):
+      if not context:
+        context.append(self._context(split))
+      return self.render_block(split, block, shard_rows, context[0])
+
+    @tf.autograph.experimental.do_not_convert
+    def render_columns(block):
+      columns = tf.numpy_function(render, [block], dtypes)
+      for column in columns:
+        column.set_shape([None])
+      out = dict(zip(keys, columns))
+      if self.score_eval:
+        values, lengths = columns[len(keys):]
+        out[p3.ANSWER_CHOICES] = tf.RaggedTensor.from_row_lengths(
+            values, lengths, validate=False)
+      return out
+
+    # One block at a time, when the next example is wanted: a parallel map
+    # renders ahead (up to a block per pool thread, in each of hundreds of
+    # tasks), and Python rendering holds the GIL anyway.
+    ds = ds.batch(_RENDER_BLOCK).map(render_columns)
+    if not self.score_eval:
+      return _unbatch_dense(ds)
+    # Unbatched ragged rows: make answer_choices a plain [n] tensor again.
+    return ds.unbatch().map(lambda ex: {**ex},
+                            num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+
+
+def _unbatch_dense(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """``ds.unbatch()`` for elements of dense tensors, without its map.
+
+  ``Dataset.unbatch`` first maps every element through a traced identity
+  function (it normalizes ragged and sparse components); building and
+  instantiating that function costs ~15 ms per task, seconds for T0's hundreds
+  of template tasks. The unbatch op alone gives the same elements.
+  """
+  try:
+    from tensorflow.python.data.ops import unbatch_op  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+    return unbatch_op._UnbatchDataset(ds)  # pylint: disable=protected-access
+  except (ImportError, AttributeError, TypeError):  # Another TF version.
+    return ds.unbatch()
+
+
+def _bytes_array(strings: Sequence[str]) -> np.ndarray:
+  out = np.empty([len(strings)], dtype=object)
+  out[:] = [s.encode("utf-8") for s in strings]
+  return out
+
+
+# Rows rendered and skipped per task and split, to log the skip count once.
+_SKIPPED: dict[str, list[int]] = {}
+_SKIPPED_LOCK = threading.Lock()
+
+
+def _count_skipped(name: str, skipped: int, total: int,
+                   expected_rows: int) -> None:
+  """Logs once how many rows give no example, after a shard's worth of rows."""
+  with _SKIPPED_LOCK:
+    counts = _SKIPPED.setdefault(name, [0, 0, 0])  # skipped, total, logged
+    if counts[2]:
+      return
+    counts[0] += skipped
+    counts[1] += total
+    if counts[1] < expected_rows:
+      return
+    counts[2] = 1
+  p3.log_skipped(name, counts[0], counts[1])
 
 
 def _rate(reader: RowReader, num_templates: int, max_examples: int,
@@ -285,7 +479,9 @@ def register_t0(templates_dir: str,
               functools.partial(
                   sources.text_task_kwargs,
                   sources.RecordsSource(spec.dataset_fn, splits), vocabulary,
-                  extra_preprocessors=extra))
+                  extra_preprocessors=extra,
+                  shuffle_buffer_size=(_SCORE_EVAL_SHUFFLE if score_eval
+                                       else None)))
           rate = 1.0 if score_eval else functools.partial(
               _rate, reader, len(templates), max_examples_per_dataset)
           members[(score_eval, k, in_inputs)].append((name, rate))

@@ -82,11 +82,13 @@ def records_fn(records_for_split: Callable[[str], Sequence[dict]]) -> RecordsFn:
 def text_task_kwargs(source: seqio.DataSource,
                      vocabulary: seqio.Vocabulary,
                      extra_preprocessors: Sequence[Callable] = (),
-                     shuffle_buffer_size: int = 1000) -> dict:
+                     shuffle_buffer_size: Optional[int] = 1000) -> dict:
   """``seqio.TaskRegistry.add`` arguments for a task over text records.
 
   ``extra_preprocessors`` run on text before tokenization (e.g. rank-
-  classification expansion).
+  classification expansion). ``shuffle_buffer_size`` is seqio's example shuffle
+  after preprocessing; None leaves shuffling to the source (a
+  ``RecordsSource`` shuffles its split).
   """
   return dict(
       source=source,
