@@ -21,6 +21,14 @@ from hyper_tasks.data import vocab
 pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _embedded_default_restored():
+  """These tests register every task with the T5 SentencePiece vocabulary; later
+  tests get the embedded default (byte vocabulary) back."""
+  yield
+  registry.unregister_all()
+
+
 def _macro(name):
   return gin.query_parameter(f"{name}/macro.value")
 
