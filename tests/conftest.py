@@ -33,6 +33,15 @@ def clean_gin():
   gin.clear_config()
 
 
+@pytest.fixture(scope="module")
+def restore_embedded_registry():
+  """For modules that register tasks with another vocabulary: afterwards the
+  registry is empty again, so later tests get the embedded default (bytes)."""
+  yield
+  from hyper_tasks.data import registry  # pylint: disable=g-import-not-at-top
+  registry.unregister_all()
+
+
 @pytest.fixture(scope="session")
 def tiny_sweep_dir(tmp_path_factory):
   """A 2x2 sweep of a tiny HINT (``sweep.TINY_EXAMPLE_ARGS``), run in process."""

@@ -18,15 +18,7 @@ from hyper_tasks.data import registry
 from hyper_tasks.data import vocab
 
 
-pytestmark = pytest.mark.usefixtures("clean_gin")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _embedded_default_restored():
-  """These tests register every task with the T5 SentencePiece vocabulary; later
-  tests get the embedded default (byte vocabulary) back."""
-  yield
-  registry.unregister_all()
+pytestmark = pytest.mark.usefixtures("clean_gin", "restore_embedded_registry")
 
 
 def _macro(name):

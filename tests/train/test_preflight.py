@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from hyper_tasks import eval as eval_lib
-from hyper_tasks.data import registry
 from hyper_tasks.data import vocab
 from hyper_tasks.models import config as config_lib
 from hyper_tasks.train import __main__ as train_main
@@ -28,15 +27,7 @@ EXPERIMENTS = sorted(f"experiments/{f}" for f in os.listdir(REPO / "gin" / "expe
 FULL_RESTORE = ("hint_finetune_sni", "hint_finetune_t0", "no_instruction_finetune_sni")
 
 
-pytestmark = pytest.mark.usefixtures("clean_gin")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _embedded_default_restored():
-  """These tests register every task with the T5 SentencePiece vocabulary; later
-  tests get the embedded default (byte vocabulary) back."""
-  yield
-  registry.unregister_all()
+pytestmark = pytest.mark.usefixtures("clean_gin", "restore_embedded_registry")
 
 
 def _p3_data(root, shared):
