@@ -91,7 +91,7 @@ def convert(argv: Sequence[str]) -> int:
   p.add_argument("--step", type=int, default=None)
   args = parser.parse_args(argv)
   # pylint: disable=g-import-not-at-top
-  from hyper_tasks.train import tree_utils
+  from hyper_tasks import tree_utils
   if args.direction == "hf-to-ours":
     from hyper_tasks.convert import hf
     _, params = hf.load_t5(args.hf_dir)

@@ -13,7 +13,7 @@ from hyper_tasks import cli
 from hyper_tasks.convert import hf
 from hyper_tasks.evaluation import report as report_lib
 from hyper_tasks.train import initial_restore
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 lib.enable_compilation_cache()
 

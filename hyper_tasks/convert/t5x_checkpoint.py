@@ -39,7 +39,7 @@ import numpy as np
 from flax import serialization
 
 from hyper_tasks.train import optimizers
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 _CHECKPOINT_FILE = "checkpoint"
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")

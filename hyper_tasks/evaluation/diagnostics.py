@@ -374,7 +374,7 @@ def load_checkpoint(model, path: str, step: Optional[int],
   from hyper_tasks import eval as eval_lib
   from hyper_tasks.train import initial_restore
   from hyper_tasks.train import restore
-  from hyper_tasks.train import tree_utils
+  from hyper_tasks import tree_utils
   if not model.uses_instruction:
     raise DiagnosticsError(
         f"{path}: the configured model has no hypernetwork (hypernet 'none': a "

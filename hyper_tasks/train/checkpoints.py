@@ -36,7 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 PyTree = Any
 

@@ -49,7 +49,7 @@ import numpy as np
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import restore
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 from hyper_tasks.train.train_state import StateLayout, TrainState
 
 FORMATS = ("auto", "hf", "ours", "t5x")

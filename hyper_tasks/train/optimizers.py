@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 _GIN_MODULE = "hyper_tasks.train.optimizers"
 

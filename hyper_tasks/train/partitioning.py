@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 _GIN_MODULE = "hyper_tasks.train.partitioning"
 

@@ -42,7 +42,7 @@ import numpy as np
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore as init_restore_lib
 from hyper_tasks.train import restore
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 LENGTH_KEYS = ("hyper_inputs", "inputs", "targets")
 # A hypernetwork reading fewer instruction tokens than this reads no instruction.

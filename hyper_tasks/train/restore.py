@@ -35,7 +35,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 Replacement = Union[None, str, Sequence[str]]
 AssignmentMap = Sequence[tuple[str, Replacement]]

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from hyper_tasks.train import optimizers
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 from hyper_tasks.train.train_state import TrainState
 
 PyTree = Any

@@ -12,7 +12,7 @@ from flax import serialization
 
 from hyper_tasks.convert import t5x_checkpoint as t5x
 from hyper_tasks.train import optimizers
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 # ---- The real t5x test checkpoint (tiny T5, 2+2 layers, d_model 8) -------------------
 

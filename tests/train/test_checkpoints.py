@@ -14,7 +14,7 @@ import pytest
 
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import optimizers
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from hyper_tasks.train import optimizers as opt
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 # --------------------------------------------------------------------------------------
 # Numpy reference: t5x's Adafactor for vectors and matrices, written out per case.

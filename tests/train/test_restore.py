@@ -1,4 +1,4 @@
-"""Tests for hyper_tasks.train.restore and hyper_tasks.train.tree_utils, and HINT's
+"""Tests for hyper_tasks.train.restore and hyper_tasks.tree_utils, and HINT's
 separate instruction encoder restored from the backbone encoder."""
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ from hyper_tasks.train import initial_restore
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import restore
 from hyper_tasks.train import train_state as ts_lib
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 
 
 def _arr(shape, seed=0, dtype=np.float32):

@@ -23,7 +23,7 @@ from hyper_tasks.train import initial_restore
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import train_eval
 from hyper_tasks.train import train_state as ts_lib
-from hyper_tasks.train import tree_utils
+from hyper_tasks import tree_utils
 from hyper_tasks.train import trainer
 
 lib.enable_compilation_cache()
