@@ -360,7 +360,7 @@ def _register(prefix: str, c4_path: str, vocabulary, seed: int,
         name, key,
         functools.partial(_task_kwargs, source, vocabulary, num_parts, seed,
                           name, shuffle_buffer_size),
-        text_level=False)
+        text_level=False, evaluation_mode=registry.GENERATION)
     names.append(name)
   return names
 

@@ -481,7 +481,9 @@ def register_t0(templates_dir: str,
                   sources.RecordsSource(spec.dataset_fn, splits), vocabulary,
                   extra_preprocessors=extra,
                   shuffle_buffer_size=(_SCORE_EVAL_SHUFFLE if score_eval
-                                       else None)))
+                                       else None)),
+              evaluation_mode=(registry.RANK if score_eval
+                               else registry.GENERATION))
           rate = 1.0 if score_eval else functools.partial(
               _rate, reader, len(templates), max_examples_per_dataset)
           members[(score_eval, k, in_inputs)].append((name, rate))

@@ -29,10 +29,21 @@ _KEYS: dict[str, Hashable] = {}
 # name -> whether load_examples can read it as text (False: token-level tasks
 # such as C4 splitting, whose text is decoded back from tokens).
 _TEXT_LEVEL: dict[str, bool] = {}
+# name -> how evaluation scores the task (one of EVALUATION_MODES).
+_EVALUATION_MODE: dict[str, str] = {}
+
+# Evaluation modes. RANK: every example is several rows, one per answer choice
+# (``choice_index``, ``is_correct``, ``num_choices``), and the choice the model
+# scores highest is the prediction (P3's held-out ``*_score_eval`` tasks).
+# GENERATION: the model decodes and the text is compared with the targets.
+RANK = "rank"
+GENERATION = "generation"
+EVALUATION_MODES = (RANK, GENERATION)
 
 
 def add_task(name: str, key: Hashable, build: Callable[[], dict[str, Any]],
-             *, text_level: bool = True) -> None:
+             *, text_level: bool = True,
+             evaluation_mode: str = GENERATION) -> None:
   """Adds a seqio Task unless one was added under ``name`` with the same key.
 
   Args:
@@ -41,7 +52,16 @@ def add_task(name: str, key: Hashable, build: Callable[[], dict[str, Any]],
     build: returns the ``seqio.TaskRegistry.add`` keyword arguments (called only
       when the task is (re)built, so expensive setup is skipped on no-ops).
     text_level: whether the task's text can be read before tokenization.
+    evaluation_mode: how evaluation scores the task: ``RANK`` (its examples
+      are answer-choice rows) or ``GENERATION`` (the default).
+
+  Raises:
+    ValueError: an unknown ``evaluation_mode``.
   """
+  if evaluation_mode not in EVALUATION_MODES:
+    raise ValueError(f"Unknown evaluation mode {evaluation_mode!r}; use one "
+                     f"of {EVALUATION_MODES}.")
+  _EVALUATION_MODE[name] = evaluation_mode
   if _KEYS.get(name) == key and name in seqio.TaskRegistry.names():
     return
   seqio.TaskRegistry.remove(name)
@@ -71,6 +91,26 @@ def is_text_level(name: str) -> bool:
   return _TEXT_LEVEL.get(name, True)
 
 
+def evaluation_mode(name: str) -> str:
+  """How evaluation scores task or mixture ``name``: ``RANK`` or ``GENERATION``.
+
+  A task's mode is the one its source registered it with; a task this package
+  did not add is ``GENERATION``. A mixture's is its tasks' common mode.
+
+  Raises:
+    ValueError: a mixture whose tasks are scored in different modes (evaluate
+      its tasks one by one).
+  """
+  if name in seqio.MixtureRegistry.names():
+    modes = {t.name: evaluation_mode(t.name)
+             for t in seqio.MixtureRegistry.get(name).tasks}
+    if len(set(modes.values())) > 1:
+      raise ValueError(f"Mixture {name!r} mixes evaluation modes {modes}; "
+                       "ask for the mode of each task.")
+    return next(iter(modes.values()), GENERATION)
+  return _EVALUATION_MODE.get(name, GENERATION)
+
+
 def registered_names(pattern: Optional[str] = None) -> dict[str, list[str]]:
   """Tasks and mixtures this package registered, optionally filtered by glob."""
   tasks = sorted(n for n in _KEYS if n in seqio.TaskRegistry.names())
@@ -89,6 +129,7 @@ def unregister_all() -> None:
     seqio.TaskRegistry.remove(name)
   _KEYS.clear()
   _TEXT_LEVEL.clear()
+  _EVALUATION_MODE.clear()
 
 
 @gin.configurable(module="hyper_tasks.data")

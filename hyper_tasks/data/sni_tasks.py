@@ -155,7 +155,8 @@ def register_sni(sni_dir: str,
                  budget),
           functools.partial(sources.text_task_kwargs,
                             sources.RecordsSource(fn, splits), vocabulary,
-                            shuffle_buffer_size=shuffle_buffer_size))
+                            shuffle_buffer_size=shuffle_buffer_size),
+          evaluation_mode=registry.GENERATION)
       members.append(name)
     mixture = f"{prefix}_{fmt_name}"
     registry.add_mixture(mixture, ("sni-mixture",), members, default_rate=1.0)

@@ -303,7 +303,7 @@ def register_toy(vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
           num_test_per_op=num_test_per_op, seed=seed))
       registry.add_task(name, key, functools.partial(
           sources.text_task_kwargs, sources.RecordsSource(fn, SPLITS),
-          vocabulary))
+          vocabulary), evaluation_mode=registry.GENERATION)
       names.append(name)
   return names
 

@@ -11,6 +11,7 @@ from hyper_tasks.data import features as F
 from hyper_tasks.data import p3
 from hyper_tasks.data import p3_tasks
 from hyper_tasks.data import pipeline
+from hyper_tasks.data import registry
 
 TEMPLATES_YAML = textwrap.dedent("""\
     dataset: toyds
@@ -235,6 +236,24 @@ def test_score_eval_records_from_registered_task(toy_p3, clean_registry):
   for r in records:
     assert r[F.HYPER_INPUTS] == r[F.INPUTS]
     assert r[F.TEMPLATE] == "is about"
+
+
+def test_registry_records_the_evaluation_mode(toy_p3, clean_registry):
+  _register_toy(toy_p3)
+  # Held-out score-eval tasks are ranked over answer choices; the rest decode.
+  assert registry.evaluation_mode(
+      "p3_toyds_sub_is_about_score_eval") == registry.RANK
+  assert registry.evaluation_mode(
+      "p3_toyds_sub_is_about_score_eval_2_shot_concat") == registry.RANK
+  assert registry.evaluation_mode("p3_toyds_sub_generate") == registry.GENERATION
+  assert registry.evaluation_mode("t0_eval_score_eval") == registry.RANK
+  assert registry.evaluation_mode("t0_train") == registry.GENERATION
+  # The recorded mode agrees with the preprocessor the task runs.
+  for name in registry.registered_names("p3_*")["tasks"]:
+    task = seqio.get_mixture_or_task(name)
+    has_rank = any(getattr(p, "func", p) is p3.rank_classification
+                   for p in task.preprocessors)
+    assert (registry.evaluation_mode(name) == registry.RANK) == has_rank
 
 
 def _prompt_of(row):

@@ -145,3 +145,13 @@ def test_register_all_is_idempotent(clean_registry):
 def test_unknown_name_registers_the_embedded_default(clean_registry):
   registry.unregister_all()
   assert pipeline.get_provider("esni_def_test").name == "esni_def_test"
+
+
+def test_embedded_tasks_record_their_evaluation_mode(clean_registry):
+  registry.register_all()
+  for name in ("toy_train", "esni_def_test", "embedded_pretrain",
+               "esni_def"):
+    assert registry.evaluation_mode(name) == registry.GENERATION
+  assert registry.evaluation_mode("not_registered") == registry.GENERATION
+  with pytest.raises(ValueError, match="evaluation mode"):
+    registry.add_task("toy_bad_mode", ("bad",), dict, evaluation_mode="score")
