@@ -1,8 +1,23 @@
-"""Cross-entropy with z-loss and label smoothing, as t5x defines them."""
+"""Token losses as t5x defines them, and the one default for loss weights.
+
+* :func:`loss_weights`: a batch's ``decoder_loss_weights`` (or, when the batch has
+  none, its non-padding target positions) -- the single definition used by the
+  model's loss and scoring and by the trainer's microbatch weighting.
+* :func:`cross_entropy_with_z_loss`: cross-entropy with z-loss and label smoothing.
+* :func:`token_log_likelihood`: ``log p(target)`` per position.
+"""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+
+def loss_weights(batch) -> jax.Array:
+  """``decoder_loss_weights`` (or non-padding targets) as float32 ``[B, Lt]``."""
+  w = batch.get("decoder_loss_weights")
+  if w is None:
+    w = batch["decoder_target_tokens"] > 0
+  return w.astype(jnp.float32)
 
 
 def cross_entropy_with_z_loss(logits, targets, weights=None, label_smoothing=0.0,

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from hyper_tasks.models import decoding
 from hyper_tasks.models.adaptation import Adaptation
-from hyper_tasks.models.losses import cross_entropy_with_z_loss, token_log_likelihood
+from hyper_tasks.models.losses import (cross_entropy_with_z_loss, loss_weights,
+                                       token_log_likelihood)
 from hyper_tasks.models.transformer import Transformer
 
 Batch = Mapping[str, Any]
@@ -132,10 +133,7 @@ class EncoderDecoderModel:
     """
     logits = self._logits(params, batch, dropout_rng=dropout_rng)
     targets = batch["decoder_target_tokens"]
-    weights = batch.get("decoder_loss_weights")
-    if weights is None:
-      weights = (targets > 0).astype(jnp.float32)
-    weights = weights.astype(jnp.float32)
+    weights = loss_weights(batch)
     tok_loss, tok_z = cross_entropy_with_z_loss(
         logits, targets, weights, self.label_smoothing, self.z_loss)
     weight_sum = jnp.sum(weights)
@@ -169,10 +167,8 @@ class EncoderDecoderModel:
     """
     logits = self._logits(params, batch, adaptation)
     targets = batch["decoder_target_tokens"]
-    weights = batch.get("decoder_loss_weights")
-    if weights is None:
-      weights = (targets > 0)
-    ll = token_log_likelihood(logits, targets) * weights.astype(jnp.float32)
+    weights = loss_weights(batch)
+    ll = token_log_likelihood(logits, targets) * weights
     scores = jnp.sum(ll, axis=-1)
     if return_intermediates:
       return scores, {"token_log_likelihood": ll,

@@ -34,8 +34,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hyper_tasks.train import optimizers
 from hyper_tasks import tree_utils
+from hyper_tasks.models.losses import loss_weights
+from hyper_tasks.train import optimizers
 from hyper_tasks.train.train_state import TrainState
 
 PyTree = Any
@@ -44,14 +45,6 @@ Batch = Mapping[str, jax.Array]
 _SUMMED = ("num_tokens", "num_examples")
 _WEIGHTED = ("loss", "z_loss", "accuracy", "loss_per_token")
 _PER_TOKEN = ("accuracy", "loss_per_token")  # averaged by token share
-
-
-def loss_weights(batch: Batch) -> jax.Array:
-  """``decoder_loss_weights`` (or non-padding targets) as float32 ``[B, Lt]``."""
-  w = batch.get("decoder_loss_weights")
-  if w is None:
-    w = batch["decoder_target_tokens"] > 0
-  return w.astype(jnp.float32)
 
 
 def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
