@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyper_tasks.data import register
 from hyper_tasks.data import registry
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.evaluation import report as report_lib
@@ -99,7 +100,7 @@ def build_model(kind: str, cfg, adapter_size: int = 16,
 
 def register_data() -> None:
   """The embedded tasks plus the demo's two training mixtures (same instances)."""
-  registry.register_embedded()
+  register.register_embedded()
   for name, tasks in TRAIN_MIXTURES.values():
     # Toy tasks hold 4500 instances, the SNI-format ones 160: mix 80/20 so the
     # small set is seen a few times, not hundreds.

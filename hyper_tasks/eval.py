@@ -152,12 +152,12 @@ def _run_main(argv, module_name, fn_name, description) -> int:
   args = gin_utils.gin_args_from(namespace, dotted)
   gin_utils.parse_from_args(args)
   # pylint: disable=g-import-not-at-top
-  from hyper_tasks.data import registry
+  from hyper_tasks.data import register
   from hyper_tasks.train import preflight
   fn = getattr(importlib.import_module(module_name), fn_name)
   if namespace.check:
     try:
-      registry.register_all()
+      register.register_all()
       preflight.verify_devices(namespace.check_devices)
       out = fn(check=preflight.CheckOptions(compile=namespace.compile))
     except Exception as e:  # pylint: disable=broad-except
@@ -165,7 +165,7 @@ def _run_main(argv, module_name, fn_name, description) -> int:
     for report in out if isinstance(out, list) else [out]:
       print(report.format(), flush=True)
     return 0
-  registry.register_all()
+  register.register_all()
   fn()
   return 0
 

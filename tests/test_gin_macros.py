@@ -7,7 +7,7 @@ from hyper_tasks import eval as eval_lib
 from hyper_tasks import gin_macros
 from hyper_tasks import gin_utils
 from hyper_tasks import infer as infer_lib
-from hyper_tasks.data import registry
+from hyper_tasks.data import register
 from hyper_tasks.train import __main__ as train_main
 from hyper_tasks.train import trainer
 
@@ -23,7 +23,7 @@ def nothing_runs(monkeypatch):
   """Fails the test if data is registered or a run starts."""
   def fail(*unused_args, **unused_kwargs):
     raise AssertionError("ran past the configuration check")
-  monkeypatch.setattr(registry, "register_all", fail)
+  monkeypatch.setattr(register, "register_all", fail)
   monkeypatch.setattr(trainer, "train", fail)
   monkeypatch.setattr(eval_lib, "evaluate", fail)
   monkeypatch.setattr(infer_lib, "infer", fail)

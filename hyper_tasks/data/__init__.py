@@ -9,7 +9,8 @@ Sources (each registers seqio tasks on request, never at import time):
 
 Shared pieces: vocab.py (T5 SentencePiece / bytes), features.py (names, record
 schema), preprocessors.py (batched tokenization), converters.py (feature converter),
-sources.py (seqio data sources), registry.py (idempotent registration), pipeline.py
+sources.py (seqio data sources), registry.py (idempotent registration
+bookkeeping), register.py (``register_all``: every source), pipeline.py
 (the API below), cli.py (list tasks, show examples).
 
 Typical use::
@@ -44,7 +45,7 @@ from hyper_tasks.data.pipeline import list_names
 from hyper_tasks.data.pipeline import load_examples
 from hyper_tasks.data.pipeline import splits
 from hyper_tasks.data.pipeline import tokenize
-from hyper_tasks.data.registry import register_all
-from hyper_tasks.data.registry import register_embedded
+from hyper_tasks.data.register import register_all
+from hyper_tasks.data.register import register_embedded
 from hyper_tasks.data.registry import unregister_all
 from hyper_tasks.data.vocab import get_vocabulary

@@ -21,6 +21,7 @@ from typing import Optional, Sequence, TextIO
 
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
+from hyper_tasks.data import register
 from hyper_tasks.data import registry
 from hyper_tasks.data import vocab as vocab_lib
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register(args: argparse.Namespace) -> list[str]:
-  return registry.register_all(
+  return register.register_all(
       sni_dir=args.sni_dir, p3_templates_dir=args.p3_templates,
       p3_data_dir=args.p3_data, c4_path=args.c4_path, vocabulary=args.vocab,
       sni_skip_bad_files=args.sni_skip_bad_files,

@@ -1,6 +1,6 @@
 """The plain-Python data API the trainer and evaluator call.
 
-  register_all(...)            idempotent registration (registry.py)
+  register_all(...)            idempotent registration (register.py)
   get_dataset(name, split, sequence_lengths, batch_size, ...)
       -> BatchIterator of dicts of numpy int32 arrays, the converter's outputs
          (converters.py), batch axis exactly ``batch_size``
@@ -35,9 +35,10 @@ import tensorflow as tf
 
 from hyper_tasks.data import converters
 from hyper_tasks.data import features as F
+from hyper_tasks.data import preprocessors as P
+from hyper_tasks.data import register
 from hyper_tasks.data import registry
 from hyper_tasks.data import vocab as vocab_lib
-from hyper_tasks.data.registry import register_all, register_embedded  # pylint: disable=unused-import
 
 Provider = Union[seqio.Task, seqio.Mixture]
 
@@ -48,7 +49,7 @@ DEFAULT_SEQUENCE_LENGTHS = {F.HYPER_INPUTS: 512, F.INPUTS: 512, F.TARGETS: 128}
 def get_provider(name: str) -> Provider:
   """The seqio Task or Mixture named ``name`` (embedded default on demand)."""
   if not _known(name):
-    registry.register_embedded()
+    register.register_embedded()
     if not _known(name):
       close = [n for n in itertools.chain(seqio.TaskRegistry.names(),
                                           seqio.MixtureRegistry.names())
@@ -188,7 +189,6 @@ def _text_mixture_tasks(mixture: seqio.Mixture,
 
 
 def _is_batched_tokenizer(prep) -> bool:
-  from hyper_tasks.data import preprocessors as P  # pylint: disable=g-import-not-at-top
   return getattr(prep, "func", prep) is P.tokenize_batched
 
 
@@ -533,7 +533,6 @@ def _text_dataset(task: seqio.Task, split: str) -> tf.data.Dataset:
 
 
 def _is_tokenizer(prep) -> bool:
-  from hyper_tasks.data import preprocessors as P  # pylint: disable=g-import-not-at-top
   fn = getattr(prep, "func", prep)
   return fn in (P.tokenize_batched, seqio.preprocessors.tokenize,
                 seqio.preprocessors.tokenize_and_append_eos,

@@ -439,8 +439,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       f"{_CONFIGURED}.sequence_lengths = %TASK_FEATURE_LENGTHS"]
   try:
     gin_utils.parse(files, bindings, paths, finalize=False)
-    from hyper_tasks.data import registry
-    registry.register_all()
+    from hyper_tasks.data import register
+    register.register_all()
     model, lengths = configured()
     params, step = load_checkpoint(model, ns.model_dir, ns.checkpoint_step,
                                    lengths)

@@ -34,12 +34,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = gin_utils.gin_args_from(namespace, dotted)
   gin_utils.parse_from_args(args)
   # pylint: disable=g-import-not-at-top
-  from hyper_tasks.data import registry
+  from hyper_tasks.data import register
   from hyper_tasks.train import preflight
   from hyper_tasks.train import trainer
   if namespace.check:
     try:
-      registry.register_all()
+      register.register_all()
       preflight.verify_devices(namespace.check_devices)
       report = trainer.train(check=preflight.CheckOptions(
           compile=namespace.compile))
@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     LAST_CHECK = report
     print(report.format(), flush=True)
     return 0
-  registry.register_all()
+  register.register_all()
   result = trainer.train()
   step = int(result.state.step)
   print(f"train: {'preempted at' if result.preempted else 'finished'} step {step}",

@@ -14,7 +14,7 @@ import seqio
 
 from hyper_tasks import gin_utils
 from hyper_tasks.data import pipeline
-from hyper_tasks.data import registry
+from hyper_tasks.data import register
 from hyper_tasks.data import vocab
 
 
@@ -43,7 +43,7 @@ def test_real_sni_recipe_tokenizes_with_t5_sentencepiece(shared_data, hf_dir,
                    f"INITIAL_CHECKPOINT_PATH = '{hf_dir}'",
                    "SNI_MAX_INSTANCES_PER_TASK = 4",
                    "register_all.sni_allow_missing_tasks = True"])
-  registry.register_all()
+  register.register_all()
   name = _macro("MIXTURE_OR_TASK_NAME")
   lengths = dict(_macro("TASK_FEATURE_LENGTHS"))
   v = pipeline.task_vocabulary(name)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from hyper_tasks.data import registry
+from hyper_tasks.data import register
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.evaluation import metrics
 from hyper_tasks.evaluation import report as report_lib
@@ -29,7 +29,7 @@ _random_params = evallib.random_params
 @pytest.fixture(scope="module")
 def real(shared_data):
   vocab = str(shared_data / "t5_vocab" / "spiece.model")
-  names = registry.register_all(
+  names = register.register_all(
       sni_dir=str(shared_data / "sni"),
       p3_templates_dir=str(shared_data / "p3" / "promptsource_templates"),
       p3_data_dir=str(shared_data / "p3"), vocabulary=vocab,
@@ -43,7 +43,7 @@ def real(shared_data):
       instruction_fusion=True)
   yield shared_data, names, model, _random_params(model)
   # Other test modules expect the embedded default with its byte vocabulary.
-  registry.register_embedded()
+  register.register_embedded()
 
 
 def _sni_test_tasks(shared_data):

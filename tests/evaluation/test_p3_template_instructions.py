@@ -15,6 +15,7 @@ from hyper_tasks.data import features as F
 from hyper_tasks.data import p3
 from hyper_tasks.data import p3_tasks
 from hyper_tasks.data import pipeline
+from hyper_tasks.data import register as register_lib
 from hyper_tasks.data import registry
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.models import builders
@@ -45,7 +46,7 @@ def copa(shared_data):
       instruction_fusion=True)
   yield register, model, _random_params(model)
   registry.unregister_all()
-  registry.register_embedded()
+  register_lib.register_embedded()
 
 
 def _evaluate(model, params):

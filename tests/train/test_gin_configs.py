@@ -8,6 +8,7 @@ import pytest
 
 from tests.train import train_testlib as lib
 from hyper_tasks import gin_utils
+from hyper_tasks.data import register
 from hyper_tasks.data import registry
 from hyper_tasks.data import sni_tasks
 from hyper_tasks.models import builders
@@ -45,7 +46,7 @@ def test_repo_gin_dir_has_every_layer():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_trains_two_tiny_steps(experiment, tmp_path):
   gin_utils.parse([experiment, "tiny.gin"], [f"MODEL_DIR = '{tmp_path}'"])
-  registry.register_all()
+  register.register_all()
   result = trainer.train()
   assert int(result.state.step) == 2
   losses = [h["loss"] for h in result.history]
