@@ -4,12 +4,14 @@ import csv
 import io
 import os
 import shlex
+import subprocess
 import sys
 
 import gin
 import pytest
 
 from hyper_tasks import sweep
+from hyper_tasks.sweep import runner as sweep_runner
 from hyper_tasks.evaluation import report as report_lib
 
 # A real experiment, resolved (parsed) but never trained by the tests below.
@@ -107,21 +109,21 @@ pytestmark = pytest.mark.usefixtures("clean_gin")
 def _fake_runs(monkeypatch, fake):
   """Training commands go to ``fake(cmd)``; other subprocesses (libraries probing
   the platform while the configuration's modules import) run as usual."""
-  real = sweep.subprocess.run
+  real = subprocess.run
 
   def run(cmd, *args, **kwargs):
     if isinstance(cmd, list) and "hyper_tasks.train" in cmd:
       return type("R", (), {"returncode": fake(cmd)})()
     return real(cmd, *args, **kwargs)
 
-  monkeypatch.setattr(sweep.subprocess, "run", run)
+  monkeypatch.setattr(subprocess, "run", run)
 
 
 def _no_runs(monkeypatch):
   def fail(*unused_args, **unused_kwargs):
     raise AssertionError("the sweep ran a point")
   _fake_runs(monkeypatch, fail)
-  monkeypatch.setattr(sweep, "_run_in_process", fail)
+  monkeypatch.setattr(sweep_runner, "_run_in_process", fail)
 
 
 def test_main_collect_only(tmp_path, capsys, monkeypatch):
