@@ -4,6 +4,7 @@ import pytest
 
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
+from hyper_tasks.data import register
 from hyper_tasks.data import registry
 from hyper_tasks.data import toy
 
@@ -135,10 +136,10 @@ def test_instruction_group_errors(toy_registered):
 
 
 def test_register_all_is_idempotent(clean_registry):
-  first = registry.register_all()
+  first = register.register_all()
   assert "esni_def_train" in first and "toy_train" in first
   provider = pipeline.get_provider("toy_train")
-  assert registry.register_all() == first
+  assert register.register_all() == first
   assert pipeline.get_provider("toy_train") is provider  # Not rebuilt.
 
 
@@ -148,7 +149,7 @@ def test_unknown_name_registers_the_embedded_default(clean_registry):
 
 
 def test_embedded_tasks_record_their_evaluation_mode(clean_registry):
-  registry.register_all()
+  register.register_all()
   for name in ("toy_train", "esni_def_test", "embedded_pretrain",
                "esni_def"):
     assert registry.evaluation_mode(name) == registry.GENERATION
