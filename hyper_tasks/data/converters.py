@@ -1,4 +1,12 @@
-"""Feature converter: token features -> the model's padded batch arrays.
+"""The records-to-features contract: token features -> the model's batch arrays.
+
+The one home of the rules that turn token sequences into model features
+(``model_features``): length checks (``check_sequence_lengths``), truncation
+(``trim_and_pad_batch``), the decoder's shifted-right inputs (``shift_right``) and
+loss weights (``loss_weights``). The tf.data pipeline uses them through
+``HyperEncDecFeatureConverter``; evaluation, which tokenizes plain records in
+Python, calls ``convert_token_lists`` (the same functions, run eagerly), so both
+produce the same arrays by construction.
 
 ``HyperEncDecFeatureConverter`` is seqio's encoder-decoder converter with a third
 stream for the hypernetwork::
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -76,24 +85,6 @@ class TruncationCounter:
     self._counts.assign(tf.zeros_like(self._counts))
 
 
-def trim_keep_eos(tokens: tf.Tensor, length: int,
-                  eos_id: int = EOS_ID) -> tuple[tf.Tensor, tf.Tensor]:
-  """Cuts a 1-D sequence to ``length``, keeping a final EOS if it had one.
-
-  Returns:
-    (trimmed tokens ``[<= length]``, scalar bool: whether it was cut).
-  """
-  size = tf.size(tokens)
-  truncated = size > length
-  ends_with_eos = tf.logical_and(size > 0, tf.equal(tokens[-1:], eos_id))
-  keep_eos = tf.logical_and(truncated, tf.reduce_any(ends_with_eos))
-  head = tokens[:length - 1]
-  # ``last`` is empty when the sequence is shorter than ``length``.
-  last = tokens[length - 1:length]
-  last = tf.where(keep_eos, tf.fill(tf.shape(last), eos_id), last)
-  return tf.concat([head, last], axis=0), truncated
-
-
 def trim_and_pad_batch(tokens: tf.RaggedTensor, length: int,
                        eos_id: int = EOS_ID) -> tuple[tf.Tensor, tf.Tensor]:
   """``trim_keep_eos`` and padding of a batch of sequences.
@@ -124,10 +115,116 @@ def trim_and_pad_batch(tokens: tf.RaggedTensor, length: int,
   return tf.reshape(dense, [batch, length]), truncated
 
 
-def _pad(tokens: tf.Tensor, length: int) -> tf.Tensor:
-  padded = tf.pad(tokens, [[0, length - tf.size(tokens)]],
-                  constant_values=PAD_ID)
-  return tf.ensure_shape(padded, [length])
+def trim_keep_eos(tokens: tf.Tensor, length: int,
+                  eos_id: int = EOS_ID) -> tuple[tf.Tensor, tf.Tensor]:
+  """``trim_and_pad_batch`` of one 1-D sequence, without the padding.
+
+  Returns:
+    (trimmed tokens ``[<= length]``, scalar bool: whether it was cut).
+  """
+  dense, truncated = trim_and_pad_batch(
+      tf.RaggedTensor.from_tensor(tokens[None]), length, eos_id)
+  return dense[0, :tf.minimum(tf.size(tokens), length)], truncated[0]
+
+
+def check_sequence_lengths(sequence_lengths: Mapping[str, int]
+                           ) -> dict[str, int]:
+  """``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}`` as positive ints.
+
+  Raises:
+    ValueError: a token feature's length is missing or not positive.
+  """
+  missing = [k for k in F.TOKEN_FEATURES if k not in sequence_lengths]
+  if missing:
+    raise ValueError(f"sequence_lengths needs keys {list(F.TOKEN_FEATURES)}; "
+                     f"missing {missing}.")
+  lengths = {k: int(sequence_lengths[k]) for k in F.TOKEN_FEATURES}
+  bad = {k: v for k, v in lengths.items() if v < 1}
+  if bad:
+    raise ValueError(f"sequence_lengths must be positive, got {bad}.")
+  return lengths
+
+
+def shift_right(targets: tf.Tensor,
+                bos_id: int = DECODER_START_ID) -> tf.Tensor:
+  """Decoder inputs of unpacked ``[B, Lt]`` targets: ``bos_id`` then targets[:-1].
+
+  (As t5x: a final EOS moves out, the EOS of a shorter target into a padded
+  position. Packed rows restart at every segment: seqio's
+  ``make_autoregressive_inputs`` with ``sequence_id``.)
+  """
+  return tf.concat([tf.fill([tf.shape(targets)[0], 1],
+                            tf.constant(bos_id, targets.dtype)),
+                    targets[:, :-1]], axis=1)
+
+
+def loss_weights(targets: tf.Tensor) -> tf.Tensor:
+  """int32 ``1`` on real target tokens (EOS included), ``0`` on padding."""
+  return tf.cast(tf.not_equal(targets, PAD_ID), tf.int32)
+
+
+def model_features(tokens: Mapping[str, tf.RaggedTensor],
+                   lengths: Mapping[str, int],
+                   bos_id: int = DECODER_START_ID,
+                   eos_id: int = EOS_ID
+                   ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+  """The model features of a batch of unpacked examples.
+
+  Args:
+    tokens: token feature name -> ``[B, None]`` ragged int32 (EOS appended).
+    lengths: ``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}``.
+    bos_id: the decoder's start id.
+    eos_id: EOS kept at the end of a cut sequence that had one.
+
+  Returns:
+    (model feature name -> ``[B, L]`` int32, bool ``[B, 3]``: whether each
+    example was cut, per token feature in ``F.TOKEN_FEATURES`` order).
+  """
+  out, flags = {}, []
+  for key in F.TOKEN_FEATURES:
+    out[key], cut = trim_and_pad_batch(tokens[key], lengths[key], eos_id)
+    flags.append(cut)
+  targets = out[F.TARGETS]
+  return {
+      F.HYPER_ENCODER_INPUT_TOKENS: out[F.HYPER_INPUTS],
+      F.ENCODER_INPUT_TOKENS: out[F.INPUTS],
+      F.DECODER_TARGET_TOKENS: targets,
+      F.DECODER_INPUT_TOKENS: shift_right(targets, bos_id),
+      F.DECODER_LOSS_WEIGHTS: loss_weights(targets),
+  }, tf.stack(flags, axis=1)
+
+
+def _ragged(rows: Sequence[Sequence[int]]) -> tf.RaggedTensor:
+  row_lengths = np.array([len(r) for r in rows], np.int64)
+  values = np.fromiter((t for r in rows for t in r), np.int32,
+                       count=int(row_lengths.sum()))
+  return tf.RaggedTensor.from_row_lengths(values, row_lengths)
+
+
+def convert_token_lists(tokens: Mapping[str, Sequence[Sequence[int]]],
+                        sequence_lengths: Mapping[str, int],
+                        bos_id: int = DECODER_START_ID,
+                        eos_id: int = EOS_ID
+                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """``model_features`` of rows tokenized in Python, as numpy (evaluation).
+
+  Args:
+    tokens: token feature name -> N token-id lists (EOS appended).
+    sequence_lengths: ``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}``.
+    bos_id: the decoder's start id.
+    eos_id: EOS kept at the end of a cut sequence that had one.
+
+  Returns:
+    (model feature name -> int32 ``[N, L]``, token feature name -> bool ``[N]``
+    whether each row was cut).
+  """
+  lengths = check_sequence_lengths(sequence_lengths)
+  arrays, truncated = model_features(
+      {k: _ragged(tokens[k]) for k in F.TOKEN_FEATURES}, lengths, bos_id,
+      eos_id)
+  truncated = truncated.numpy()
+  return ({k: v.numpy() for k, v in arrays.items()},
+          {k: truncated[:, i] for i, k in enumerate(F.TOKEN_FEATURES)})
 
 
 class HyperEncDecFeatureConverter(seqio.FeatureConverter):
@@ -170,18 +267,12 @@ class HyperEncDecFeatureConverter(seqio.FeatureConverter):
     lengths = dict(task_feature_lengths)
     if not self.pack:
       def convert(ex):
-        ex = self._trim_and_count(ex, lengths)
-        targets = _pad(ex[F.TARGETS], lengths[F.TARGETS])
-        return {
-            F.HYPER_ENCODER_INPUT_TOKENS:
-                _pad(ex[F.HYPER_INPUTS], lengths[F.HYPER_INPUTS]),
-            F.ENCODER_INPUT_TOKENS: _pad(ex[F.INPUTS], lengths[F.INPUTS]),
-            F.DECODER_TARGET_TOKENS: targets,
-            F.DECODER_INPUT_TOKENS: seqio.utils.make_autoregressive_inputs(
-                targets, bos_id=self.bos_id),
-            F.DECODER_LOSS_WEIGHTS:
-                seqio.feature_converters.non_padding_position(targets),
-        }
+        # One example is a batch of one.
+        out, truncated = model_features(
+            {k: tf.RaggedTensor.from_tensor(ex[k][None])
+             for k in F.TOKEN_FEATURES}, lengths, self.bos_id, self._eos_id)
+        self.truncation.update(truncated[0])
+        return {k: v[0] for k, v in out.items()}
       return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
     ds = ds.map(lambda ex: self._trim_and_count(ex, lengths),
@@ -202,8 +293,7 @@ class HyperEncDecFeatureConverter(seqio.FeatureConverter):
           F.DECODER_INPUT_TOKENS: seqio.utils.make_autoregressive_inputs(
               targets, sequence_id=ex["targets_segment_ids"],
               bos_id=self.bos_id),
-          F.DECODER_LOSS_WEIGHTS:
-              seqio.feature_converters.non_padding_position(targets),
+          F.DECODER_LOSS_WEIGHTS: loss_weights(targets),
           "encoder_segment_ids": ex["inputs_segment_ids"],
           "encoder_positions": ex["inputs_positions"],
           "decoder_segment_ids": ex["targets_segment_ids"],
@@ -217,9 +307,9 @@ class HyperEncDecFeatureConverter(seqio.FeatureConverter):
                       drop_remainder: bool = True) -> tf.data.Dataset:
     """Batches and converts in one step: the fast path of unpacked batches.
 
-    Gives exactly the arrays of ``self(ds, lengths).batch(batch_size)`` but
-    trims, pads and shifts whole batches at once: per-example conversion costs
-    more than tokenization on short examples. Truncation is counted over the
+    Gives exactly the arrays of ``self(ds, lengths).batch(batch_size)`` (both
+    run ``model_features``) but on whole batches at once: per-example
+    conversion costs more than tokenization on short examples. Truncation is counted over the
     examples of the batches produced (a dropped remainder is not counted).
 
     Args:
@@ -238,7 +328,7 @@ class HyperEncDecFeatureConverter(seqio.FeatureConverter):
     if self.pack:
       raise ValueError("convert_batched does not pack; use the converter "
                        "on examples and batch afterwards.")
-    lengths = {k: int(task_feature_lengths[k]) for k in F.TOKEN_FEATURES}
+    lengths = check_sequence_lengths(task_feature_lengths)
     ds = self._validate_dataset(ds, self.TASK_FEATURES, lengths,
                                 strict=False, error_label="input_validation")
     ds = ds.map(lambda ex: {k: ex[k] for k in F.TOKEN_FEATURES},
@@ -246,24 +336,10 @@ class HyperEncDecFeatureConverter(seqio.FeatureConverter):
     ds = ds.ragged_batch(batch_size, drop_remainder=drop_remainder)
 
     def convert(batch):
-      out, flags = {}, []
-      for key in F.TOKEN_FEATURES:
-        out[key], cut = trim_and_pad_batch(batch[key], lengths[key],
-                                           self._eos_id)
-        flags.append(cut)
-      truncated = tf.stack(flags, axis=1)  # [B, 3]
+      out, truncated = model_features(batch, lengths, self.bos_id,
+                                      self._eos_id)
       self.truncation.update_batch(truncated)
-      targets = out[F.TARGETS]
-      return {
-          F.HYPER_ENCODER_INPUT_TOKENS: out[F.HYPER_INPUTS],
-          F.ENCODER_INPUT_TOKENS: out[F.INPUTS],
-          F.DECODER_TARGET_TOKENS: targets,
-          F.DECODER_INPUT_TOKENS: tf.concat(
-              [tf.fill([tf.shape(targets)[0], 1],
-                       tf.constant(self.bos_id, targets.dtype)),
-               targets[:, :-1]], axis=1),
-          F.DECODER_LOSS_WEIGHTS: tf.cast(targets != PAD_ID, tf.int32),
-      }
+      return out
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 

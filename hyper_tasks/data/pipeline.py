@@ -108,17 +108,6 @@ def threadpool_size() -> int:
   return max(MIN_THREADPOOL_SIZE, os.cpu_count() or 1)
 
 
-def _check_lengths(sequence_lengths: Mapping[str, int]) -> dict[str, int]:
-  missing = [k for k in F.TOKEN_FEATURES if k not in sequence_lengths]
-  if missing:
-    raise ValueError(f"sequence_lengths needs keys {F.TOKEN_FEATURES}; "
-                     f"missing {missing}.")
-  lengths = {k: int(sequence_lengths[k]) for k in F.TOKEN_FEATURES}
-  if any(v < 1 for v in lengths.values()):
-    raise ValueError(f"sequence lengths must be positive: {lengths}")
-  return lengths
-
-
 def _task_dataset(provider: Provider, split: str,
                   sequence_lengths: Mapping[str, int], *, shuffle: bool,
                   seed: Optional[int], num_epochs: Optional[int],
@@ -335,7 +324,8 @@ def get_tf_dataset(
     instruction_group_size: int = 1,
 ) -> tuple[tf.data.Dataset, converters.TruncationCounter]:
   """``get_dataset`` as a batched ``tf.data.Dataset`` and its truncation counter."""
-  lengths = _check_lengths(sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
+  lengths = converters.check_sequence_lengths(
+      sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
   group = _check_group_size(instruction_group_size, batch_size, pack)
   provider = get_provider(name)
   split = _resolve_split(name, split)
@@ -511,7 +501,8 @@ def load_examples(name: str, split: Optional[str] = None,
       ds = _text_dataset(task, split)
       decode = F.decode_example
     else:
-      lengths = _check_lengths(sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
+      lengths = converters.check_sequence_lengths(
+          sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
       ds = _task_dataset(task, split, lengths, shuffle=False, seed=None,
                          num_epochs=1, shard_info=None)
       vocabulary = task.output_features[F.TARGETS].vocabulary

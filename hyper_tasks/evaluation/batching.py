@@ -1,13 +1,12 @@
 """Fixed-shape numpy batches for evaluation and inference.
 
 Evaluation reads plain records (text before tokenization, see
-`hyper_tasks.data.features`), so it tokenizes in Python rather than through the
-tf.data feature converter. This module produces exactly the converter's arrays
-(`hyper_encoder_input_tokens [B, Lh]`, `encoder_input_tokens [B, Li]`,
-`decoder_input_tokens [B, Lt]`, `decoder_target_tokens [B, Lt]`,
-`decoder_loss_weights [B, Lt]`): EOS appended, a too-long sequence keeps its
-first `L - 1` tokens and its EOS (as `converters.trim_keep_eos`), padding 0,
-decoder inputs the targets shifted right behind the start id 0.
+`hyper_tasks.data.features`), so it tokenizes in Python and turns the token ids
+into the model's arrays with the data package's records-to-features contract
+(`hyper_tasks.data.converters.convert_token_lists`, the functions the tf.data
+feature converter runs): `hyper_encoder_input_tokens [B, Lh]`,
+`encoder_input_tokens [B, Li]`, `decoder_input_tokens [B, Lt]`,
+`decoder_target_tokens [B, Lt]`, `decoder_loss_weights [B, Lt]`.
 
 Every batch has exactly `batch_size` rows, so jitted scoring and decoding
 compile once: the last batch is padded by repeating its last real row (a real
@@ -26,6 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from hyper_tasks.data import converters
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import vocab as vocab_lib
@@ -50,37 +50,8 @@ class EncodedRows:
     return int(self.arrays[F.ENCODER_INPUT_TOKENS].shape[0])
 
 
-def trim_keep_eos(ids: Sequence[int], length: int,
-                  eos_id: int = vocab_lib.EOS_ID) -> tuple[list[int], bool]:
-  """Numpy twin of `converters.trim_keep_eos`: (ids cut to `length`, was cut)."""
-  ids = list(ids)
-  if len(ids) <= length:
-    return ids, False
-  head = ids[:length]
-  if ids[-1] == eos_id:
-    head[-1] = eos_id
-  return head, True
-
-
-def _pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
-  out = np.zeros((len(rows), length), dtype=np.int32)
-  for i, row in enumerate(rows):
-    out[i, :len(row)] = row
-  return out
-
-
-def check_sequence_lengths(sequence_lengths: Mapping[str, int]
-                           ) -> dict[str, int]:
-  """`{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}` as positive ints."""
-  missing = [k for k in F.TOKEN_FEATURES if k not in sequence_lengths]
-  if missing:
-    raise ValueError(f"sequence_lengths needs keys {list(F.TOKEN_FEATURES)}; "
-                     f"missing {missing}.")
-  lengths = {k: int(sequence_lengths[k]) for k in F.TOKEN_FEATURES}
-  bad = {k: v for k, v in lengths.items() if v < 1}
-  if bad:
-    raise ValueError(f"sequence_lengths must be positive, got {bad}.")
-  return lengths
+# Re-exported: evaluation checks its lengths with the data contract's rule.
+check_sequence_lengths = converters.check_sequence_lengths
 
 
 def encode_records(records: Sequence[Mapping[str, object]],
@@ -98,7 +69,7 @@ def encode_records(records: Sequence[Mapping[str, object]],
   """
   lengths = check_sequence_lengths(sequence_lengths)
   vocabulary = vocab_lib.get_vocabulary(vocabulary)
-  tokens, truncated = {}, {}
+  tokens = {}
   for key in F.TOKEN_FEATURES:
     texts = []
     for i, record in enumerate(records):
@@ -106,23 +77,10 @@ def encode_records(records: Sequence[Mapping[str, object]],
         raise ValueError(f"record {i} (task {record.get(F.TASK_NAMES)!r}) has "
                          f"no {key!r} field.")
       texts.append(record[key])
-    trimmed = [trim_keep_eos(ids, lengths[key])
-               for ids in pipeline.tokenize(texts, vocabulary)]
-    tokens[key] = _pad_rows([ids for ids, _ in trimmed], lengths[key])
-    truncated[key] = sum(cut for _, cut in trimmed)
-  targets = tokens[F.TARGETS]
-  decoder_inputs = np.zeros_like(targets)
-  decoder_inputs[:, 1:] = targets[:, :-1]
-  decoder_inputs[:, 0] = vocab_lib.DECODER_START_ID
-  weights = (targets != vocab_lib.PAD_ID).astype(np.int32)
-  arrays = {
-      F.HYPER_ENCODER_INPUT_TOKENS: tokens[F.HYPER_INPUTS],
-      F.ENCODER_INPUT_TOKENS: tokens[F.INPUTS],
-      F.DECODER_INPUT_TOKENS: decoder_inputs,
-      F.DECODER_TARGET_TOKENS: targets,
-      F.DECODER_LOSS_WEIGHTS: weights,
-  }
-  return EncodedRows(arrays, truncated, weights.sum(axis=1))
+    tokens[key] = pipeline.tokenize(texts, vocabulary)
+  arrays, truncated = converters.convert_token_lists(tokens, lengths)
+  return EncodedRows(arrays, {k: int(v.sum()) for k, v in truncated.items()},
+                     arrays[F.DECODER_LOSS_WEIGHTS].sum(axis=1))
 
 
 def instruction_ids(hyper_tokens: np.ndarray) -> np.ndarray:

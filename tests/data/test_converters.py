@@ -125,3 +125,25 @@ def test_missing_feature_is_reported():
     converters.HyperEncDecFeatureConverter()(ds, LENGTHS)
   with pytest.raises(ValueError, match="hyper_inputs"):
     converters.HyperEncDecFeatureConverter().convert_batched(ds, LENGTHS, 2)
+
+
+def test_token_lists_convert_as_the_pipeline():
+  """Evaluation's entry (rows tokenized in Python) gives the pipeline's arrays."""
+  tokens = {k: [ex[i] for ex in EXAMPLES]
+            for i, k in enumerate(F.TOKEN_FEATURES)}
+  arrays, truncated = converters.convert_token_lists(tokens, LENGTHS)
+  converter = converters.HyperEncDecFeatureConverter()
+  (expected,) = list(converter.convert_batched(
+      _dataset(), LENGTHS, len(EXAMPLES)).as_numpy_iterator())
+  assert set(arrays) == set(expected)
+  for key in expected:
+    np.testing.assert_array_equal(arrays[key], expected[key], err_msg=key)
+    assert arrays[key].dtype == expected[key].dtype
+  counts = converter.truncation.as_dict()
+  assert {k: int(v.sum()) for k, v in truncated.items()} == {
+      k: counts[k] for k in F.TOKEN_FEATURES}
+  empty, _ = converters.convert_token_lists(
+      {k: [] for k in F.TOKEN_FEATURES}, LENGTHS)
+  assert empty[F.DECODER_INPUT_TOKENS].shape == (0, LENGTHS[F.TARGETS])
+  with pytest.raises(ValueError, match="sequence_lengths needs keys"):
+    converters.convert_token_lists(tokens, {F.INPUTS: 4})
