@@ -68,14 +68,19 @@ class Embed(nn.Module):
 
 
 class RMSNorm(nn.Module):
-  """T5 layer norm: scale only, no mean subtraction, no bias; computed in float32."""
+  """T5 layer norm: scale only, no mean subtraction, no bias; computed in float32.
+
+  ``axis`` is the scale's logical axis: ``embed`` in the backbone, ``hyper_embed``
+  over the hypernetwork's width.
+  """
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
+  axis: str = "embed"
 
   @nn.compact
   def __call__(self, x):
     scale = self.param("scale",
-                       nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       nn.with_logical_partitioning(nn.initializers.ones, (self.axis,)),
                        (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)

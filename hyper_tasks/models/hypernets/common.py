@@ -397,17 +397,3 @@ class HypernetBase(nn.Module):
 def output_head_init_scale(base: nn.Module, name: str) -> float:
   return base.small_init if is_output_side(name) else 1.0
 
-
-class HyperNorm(nn.Module):
-  """RMS norm over the hypernetwork width (scale axis ``hyper_embed``)."""
-  epsilon: float = 1e-6
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],),
-                  ("hyper_embed",))
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) +
-                            self.epsilon)
-    return (y * scale).astype(self.dtype)

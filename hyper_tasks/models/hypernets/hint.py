@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper_tasks.models.hypernets import common
+from hyper_tasks.models.layers import RMSNorm
 
 
 class Hint(common.HypernetBase):
@@ -69,7 +70,7 @@ class Hint(common.HypernetBase):
         self.num_heads, self.attn_head_dim(), self.dim, "hyper_embed", "embed",
         self.dropout_rate, self.dtype, name="attention")(
             queries, h.astype(self.dtype), mask, deterministic)
-    x = common.HyperNorm(dtype=self.dtype, name="norm")(queries[None] + attended)
+    x = RMSNorm(dtype=self.dtype, axis="hyper_embed", name="norm")(queries[None] + attended)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = common.constrain(x, ("batch", "slots", "hyper_embed"))
     values = {}

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hyper_tasks.models.hypernets import common
+from hyper_tasks.models.layers import RMSNorm
 
 
 class DecoderBlock(nn.Module):
@@ -33,7 +34,7 @@ class DecoderBlock(nn.Module):
   def __call__(self, x, h, mask, deterministic: bool = True):
     head_dim = self.dim // self.num_heads
     drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    norm = lambda name: common.HyperNorm(dtype=self.dtype, name=name)
+    norm = lambda name: RMSNorm(dtype=self.dtype, axis="hyper_embed", name=name)
     y = norm("pre_self_attention_norm")(x)
     x = x + drop(common.Attention(self.num_heads, head_dim, self.dim, "hyper_embed",
                                   "hyper_embed", self.dropout_rate, self.dtype,
@@ -83,7 +84,7 @@ class HyperTune(common.HypernetBase):
     for i in range(self.num_layers):
       x = DecoderBlock(d, self.num_heads, self.head_hidden, self.dropout_rate,
                        self.dtype, name=f"layers_{i}")(x, h, mask, deterministic)
-    x = common.HyperNorm(dtype=self.dtype, name="final_norm")(x)
+    x = RMSNorm(dtype=self.dtype, axis="hyper_embed", name="final_norm")(x)
 
     values = {}
     if prefix_sites:

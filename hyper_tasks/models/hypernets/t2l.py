@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper_tasks.models.hypernets import common
+from hyper_tasks.models.layers import RMSNorm
 
 
 def _target(name: str) -> str:
@@ -73,11 +74,11 @@ class TextToLora(common.HypernetBase):
     z = task[:, None] + (layer_e + module_e)[None]                 # [B, M, hidden]
     z = nn.Dropout(self.dropout_rate)(z, deterministic=deterministic)
     for i in range(self.num_blocks):
-      y = common.HyperNorm(dtype=self.dtype, name=f"block_{i}_norm")(z)
+      y = RMSNorm(dtype=self.dtype, axis="hyper_embed", name=f"block_{i}_norm")(z)
       z = z + common.MlpHead(self.head_hidden, d, "hyper_embed", "hyper_embed", 1.0,
                              self.dropout_rate, self.dtype, name=f"block_{i}")(
                                  y, deterministic)
-    z = common.HyperNorm(dtype=self.dtype, name="final_norm")(z)
+    z = RMSNorm(dtype=self.dtype, axis="hyper_embed", name="final_norm")(z)
     z = common.constrain(z, ("batch", "slots", "hyper_embed"))
 
     values = {}
