@@ -200,13 +200,17 @@ class PeftSpec:
     """The adapters' activation (``relu`` when there are none)."""
     return self.adapter.activation if self.adapter else "relu"
 
+  def lora_scales(self) -> Optional[dict[str, float]]:
+    """LoRA target -> ``alpha / rank`` (1 without alpha); None without LoRA."""
+    if not self.lora:
+      return None
+    return {t: self.lora.scale(r) for t, r in self.lora.ranks}
+
   def lora_scale(self, name: str) -> float:
     """Scale for LoRA parameter type ``lora_<target>_a`` / ``_b``."""
-    if not self.lora:
-      return 1.0
     target = name.split("_")[1]
     target = "wi" if target.startswith("wi") else target
-    return self.lora.scale(dict(self.lora.ranks)[target])
+    return (self.lora_scales() or {}).get(target, 1.0)
 
 
 def _in_axis(target: str) -> str:

@@ -29,12 +29,6 @@ from hyper_tasks.models.peft_spec import PeftSpec
 from hyper_tasks.models.t5 import Decoder, Encoder
 
 
-def lora_scales(spec: PeftSpec) -> Optional[dict]:
-  if not spec.lora:
-    return None
-  return {t: spec.lora.scale(r) for t, r in spec.lora.ranks}
-
-
 def expand_groups(adaptation: Optional[Adaptation], batch: int
                   ) -> Optional[Adaptation]:
   """A batched adaptation of ``n`` rows for ``batch`` examples: row ``i`` serves
@@ -80,7 +74,7 @@ class Transformer(nn.Module):
     cfg = self.config
     if self.static_peft and self.hypernet is not None:
       raise ValueError("Choose either a hypernetwork or static (learned) PEFT.")
-    scales = lora_scales(self.peft_spec)
+    scales = self.peft_spec.lora_scales()
     self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, cfg.dtype)
     act = self.peft_spec.adapter_activation
     self.encoder = Encoder(cfg, scales, act)
