@@ -87,8 +87,8 @@ def instruction_ids(hyper_tokens: np.ndarray) -> np.ndarray:
   """`[N]` id of each row's instruction (ids in order of first appearance)."""
   ids = np.empty(len(hyper_tokens), dtype=np.int64)
   seen: dict[bytes, int] = {}
-  for i, row in enumerate(np.ascontiguousarray(hyper_tokens, np.int32)):
-    ids[i] = seen.setdefault(row.tobytes(), len(seen))
+  for i, row in enumerate(np.asarray(hyper_tokens)):
+    ids[i] = seen.setdefault(instruction_key(row), len(seen))
   return ids
 
 

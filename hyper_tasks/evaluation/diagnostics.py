@@ -41,6 +41,7 @@ import numpy as np
 
 from hyper_tasks.data import features as F
 from hyper_tasks.evaluation import batching
+from hyper_tasks.evaluation import records as records_lib
 from hyper_tasks.models.cache import AdaptationCache
 
 DEFAULT_CONTROLS = ("shuffled_instruction", "random_instruction",
@@ -178,9 +179,8 @@ def _task_records(records: Sequence[Mapping[str, Any]],
 
 def _load_records(task_names: Sequence[str], split: str, examples_per_task: int,
                   sequence_lengths) -> list[dict]:
-  from hyper_tasks.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-  records, _ = evaluator._load(  # pylint: disable=protected-access
-      task_names, split, examples_per_task, sequence_lengths)
+  records, _ = records_lib.load(task_names, split, examples_per_task,
+                                sequence_lengths)
   return records
 
 
@@ -232,8 +232,6 @@ def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,
       ``hypernet/``, a task without instructions or with fewer than ``k``
       examples, no examples.
   """
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks.evaluation import evaluator
   if not model.uses_instruction:
     raise DiagnosticsError(
         "diagnose needs a model with a hypernetwork; this one has none (a plain "
@@ -253,7 +251,7 @@ def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,
     names = [task_names] if isinstance(task_names, str) else list(task_names)
     records = _load_records(names, split, examples_per_task, sequence_lengths)
     if vocabulary is None:
-      vocabulary = evaluator.task_vocabulary(names[0])
+      vocabulary = records_lib.task_vocabulary(names[0])
     task_names = None
   if vocabulary is None:
     raise DiagnosticsError("diagnose with records needs their vocabulary.")
@@ -265,12 +263,12 @@ def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,
   backbone_params = backbone(params)
   encoded = {"own": batching.encode_records(rows, vocabulary, sequence_lengths)}
   for control in controls:
-    name = evaluator.control_name(control)
+    name = records_lib.control_name(control)
     if name == "shuffled_instruction" and len(tasks) < 2:
       logging.warning("diagnose: one task; the shuffled-instruction control "
                       "needs two and is skipped.")
       continue
-    rewritten = evaluator.apply_control(rows, name, seed=seed,
+    rewritten = records_lib.apply_control(rows, name, seed=seed,
                                         rank_classification_tasks=())
     encoded[name] = batching.encode_records(rewritten, vocabulary,
                                             sequence_lengths)

@@ -26,12 +26,12 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hyper_tasks.data import features as F
 from hyper_tasks.evaluation import batching
+from hyper_tasks.evaluation import runner
 from hyper_tasks.models.cache import AdaptationCache, instruction_key
 
 MODEL_KEYS = (F.ENCODER_INPUT_TOKENS, F.DECODER_INPUT_TOKENS,
@@ -39,17 +39,11 @@ MODEL_KEYS = (F.ENCODER_INPUT_TOKENS, F.DECODER_INPUT_TOKENS,
 
 
 def _fn(model, method: str, max_decode_length: Optional[int]):
-  fns = vars(model).setdefault("_mixed_batches_jit", {})
-  key = (method, max_decode_length)
-  if key not in fns:
-    if method == "score":
-      fns[key] = jax.jit(lambda p, b, a: model.score_batch(p, b, a))
-    elif method == "greedy":
-      fns[key] = jax.jit(lambda p, b, a: model.predict_batch(
-          p, b, a, method="greedy", max_decode_length=max_decode_length))
-    else:
-      raise ValueError(f"method {method!r}: use 'score' or 'greedy'.")
-  return fns[key]
+  if method == "score":
+    return runner.score_fn(model)
+  if method == "greedy":
+    return runner.predict_fn(model, "greedy", 1, max_decode_length)
+  raise ValueError(f"method {method!r}: use 'score' or 'greedy'.")
 
 
 def _check(arrays: Mapping[str, np.ndarray], cache: AdaptationCache):

@@ -51,6 +51,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from hyper_tasks.models import jit_cache
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore as init_restore_lib
 from hyper_tasks.train import optimizers
@@ -141,37 +142,29 @@ class _Compiled(NamedTuple):
   flops: dict  # {batch shapes key: FLOPs per step}
 
 
-# Jitted functions of recent (model, optimizer, mesh, ...) combinations, so that a
-# notebook (or a test) calling train() again on the same objects neither retraces
-# nor recompiles. Holds strong references; bounded.
-_COMPILED: dict[tuple, _Compiled] = {}
-_MAX_COMPILED = 4
-
-
 def _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
               compiler_options=None) -> _Compiled:
+  """The jitted init/step of this (model, optimizer, mesh, ...), built once per
+  combination (``models.jit_cache``), so that a notebook (or a test) calling
+  train() again on the same objects neither retraces nor recompiles."""
   options = dict(compiler_options or {})
-  key = (id(model), id(optimizer), mesh, tuple(map(tuple, rules)),
+  key = ("train", mesh, tuple(map(tuple, rules)),
          tuple(sorted(input_shapes.items())), num_microbatches,
          tuple(sorted(options.items())))
-  hit = _COMPILED.get(key)
-  if hit is not None and hit.model is model and hit.optimizer is optimizer:
-    return hit
-  layout = ts_lib.make_layout(model, optimizer, mesh, input_shapes, rules)
-  path_group = optimizer.group_of(layout.abstract.params)
-  donate = (0,) if jax.default_backend() != "cpu" else ()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step = jax.jit(
-      step_fn.make_train_step(model, optimizer, path_group, num_microbatches),
-      in_shardings=(layout.shardings, partitioning.data_sharding(mesh)),
-      out_shardings=(layout.shardings, replicated), donate_argnums=donate,
-      compiler_options=options or None)
-  init = ts_lib.make_init_fn(model, optimizer, layout, input_shapes, options)
-  entry = _Compiled(model, optimizer, layout, init, step, path_group, {})
-  if len(_COMPILED) >= _MAX_COMPILED:
-    _COMPILED.pop(next(iter(_COMPILED)))
-  _COMPILED[key] = entry
-  return entry
+
+  def build() -> _Compiled:
+    layout = ts_lib.make_layout(model, optimizer, mesh, input_shapes, rules)
+    path_group = optimizer.group_of(layout.abstract.params)
+    donate = (0,) if jax.default_backend() != "cpu" else ()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    step = jax.jit(
+        step_fn.make_train_step(model, optimizer, path_group, num_microbatches),
+        in_shardings=(layout.shardings, partitioning.data_sharding(mesh)),
+        out_shardings=(layout.shardings, replicated), donate_argnums=donate,
+        compiler_options=options or None)
+    init = ts_lib.make_init_fn(model, optimizer, layout, input_shapes, options)
+    return _Compiled(model, optimizer, layout, init, step, path_group, {})
+  return jit_cache.get(model, key, build, pins=(optimizer,))
 
 
 @gin.configurable(module="hyper_tasks.train")

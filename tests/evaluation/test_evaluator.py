@@ -20,7 +20,9 @@ from hyper_tasks.data import toy
 from hyper_tasks.evaluation import batching
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.evaluation import metrics
+from hyper_tasks.evaluation import records as records_lib
 from hyper_tasks.evaluation import report as report_lib
+from hyper_tasks.evaluation import runner
 from hyper_tasks.models import config as config_lib
 from hyper_tasks.models.model_api import EncoderDecoderModel
 from hyper_tasks.models.peft.static import set_path
@@ -162,11 +164,11 @@ def _direct_batches(records):
 def _direct_scores(model, params, records):
   """`score_batch` with the model running its hypernetwork on every row.
 
-  The jitted `score_batch` wrapper is the evaluator's only to reuse its
+  The jitted `score_batch` wrapper is the runner's only to reuse its
   compilation (it is `jax.jit(model.score_batch)`); nothing else of the
   evaluator is involved.
   """
-  score = evaluator._score_fn(model)  # pylint: disable=protected-access
+  score = runner.score_fn(model)
   scores = np.concatenate([np.asarray(score(params, b, None))
                            for b in _direct_batches(records)])
   targets = _pad([r[F.TARGETS] for r in records], LENGTHS["targets"])
@@ -280,7 +282,7 @@ def test_cache_gives_identical_scores_and_counts_hits(trained):
     np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-5)
 
   # Both equal a direct greedy decode of the records in their own order.
-  predict = evaluator._predict_fn(  # pylint: disable=protected-access
+  predict = runner.predict_fn(
       model, "greedy", 1, LENGTHS["targets"])
   gen = _generation_records()
   direct = []
@@ -337,7 +339,7 @@ def test_controls_rewrite_instructions_per_example():
   for r in records:
     by_task.setdefault(r[F.TASK_NAMES], set()).add(r[F.HYPER_INPUTS])
 
-  shuffled = evaluator.apply_control(records, "shuffle", seed=3)
+  shuffled = records_lib.apply_control(records, "shuffle", seed=3)
   rank_instr = {}
   for before, after in zip(records, shuffled):
     assert {k: v for k, v in before.items() if k != F.HYPER_INPUTS} == {
@@ -350,10 +352,10 @@ def test_controls_rewrite_instructions_per_example():
   # All answer choices of one example keep one instruction.
   assert rank_instr and all(len(v) == 1 for v in rank_instr.values())
 
-  empty = evaluator.apply_control(records, "empty")
+  empty = records_lib.apply_control(records, "empty")
   assert {r[F.HYPER_INPUTS] for r in empty} == {""}
 
-  randomized = evaluator.apply_control(records, "random", seed=1)
+  randomized = records_lib.apply_control(records, "random", seed=1)
   for before, after in zip(records, randomized):
     assert after[F.HYPER_INPUTS] != before[F.HYPER_INPUTS]
     assert (len(after[F.HYPER_INPUTS].split()) ==
@@ -486,9 +488,9 @@ def test_a_task_name_cannot_be_both_generation_and_rank(monkeypatch, trained):
   rank = [r for r in _rank_records() if r[F.TASK_NAMES] == "list_first"]
   gen = [r for r in toy.records("", "test_seen", "test")
          if r[F.TASK_NAMES] == "list_first"][:2]
-  fake = {"a": [evaluator.TaskRecords("seqio_gen", gen, False)],
-          "b": [evaluator.TaskRecords("seqio_rank", rank, True)]}
-  monkeypatch.setattr(evaluator, "load_task_records",
+  fake = {"a": [records_lib.TaskRecords("seqio_gen", gen, False)],
+          "b": [records_lib.TaskRecords("seqio_rank", rank, True)]}
+  monkeypatch.setattr(records_lib, "load_task_records",
                       lambda name, split, **kwargs: fake[name])
   with pytest.raises(ValueError, match=(
       "'list_first' is evaluated by rank classification in 'seqio_rank' and "

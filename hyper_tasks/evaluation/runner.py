@@ -1,0 +1,141 @@
+"""Runs a model over fixed-size batches: the jitted functions and the runner.
+
+The jitted functions (`score_fn`, `predict_fn`, `encode_fn`) come from the one
+compile cache, `hyper_tasks.models.jit_cache`, keyed by the model and their
+static settings, so repeated evaluations (e.g. during training) and the
+mixed-batch and diagnostics code compile each once per shape.
+
+`Runner` scores or decodes tokenized rows (`batching.EncodedRows`) in batches of
+exactly `batch_size` rows, rows of one instruction adjacent
+(`batching.instruction_order`). With the adaptation cache
+(`models.cache.AdaptationCache`) the hypernetwork runs once per distinct
+instruction: a batch of one instruction runs with that task's per-task
+(unbatched) adaptation, broadcast by the backbone; a batch that straddles
+instructions with per-example adaptations. Without it (`use_cache=False`) the
+model runs its hypernetwork inside every call, once per row.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from hyper_tasks.data import features as F
+from hyper_tasks.evaluation import batching
+from hyper_tasks.models import jit_cache
+from hyper_tasks.models.cache import AdaptationCache
+
+DECODE_METHODS = ("greedy", "beam")
+SCORE_KEYS = (F.ENCODER_INPUT_TOKENS, F.DECODER_INPUT_TOKENS,
+              F.DECODER_TARGET_TOKENS, F.DECODER_LOSS_WEIGHTS)
+
+
+def score_fn(model):
+  """Jitted `model.score_batch(params, batch, adaptation)`."""
+  return jit_cache.method(model, "score_batch")
+
+
+def predict_fn(model, method: str, num_beams: int, max_decode_length: int):
+  """Jitted `model.predict_batch(params, batch, adaptation)` for one setting."""
+  return jit_cache.method(
+      model, "predict_batch", method=method,
+      num_beams=num_beams if method == "beam" else 1,
+      max_decode_length=max_decode_length)
+
+
+def encode_fn(model):
+  """Jitted `model.encode_instruction(params, hyper_tokens)` (uncached)."""
+  return jit_cache.method(model, "encode_instruction")
+
+
+def _pad_adaptation(adaptation, batch_size: int):
+  """Per-example adaptation `[n, ...]` -> `[batch_size, ...]` (repeat last)."""
+  def pad(x):
+    n = x.shape[0]
+    if n == batch_size:
+      return x
+    return jnp.concatenate(
+        [x, jnp.repeat(x[-1:], batch_size - n, axis=0)], axis=0)
+  return jax.tree.map(pad, adaptation)
+
+
+class Runner:
+  """Runs the model over fixed-size batches; owns the adaptation cache."""
+
+  def __init__(self, model, params, batch_size: int, use_cache: bool):
+    self.model = model
+    self.params = nn.unbox(params)
+    self.batch_size = batch_size
+    self.uses_instruction = bool(model.uses_instruction)
+    self.cache = None
+    if self.uses_instruction and use_cache:
+      # Rows are ordered by instruction, so an evicted one never recurs.
+      self.cache = AdaptationCache(model, self.params, encode_rows=batch_size)
+    self.uncached_hypernet_rows = 0
+
+  @property
+  def hypernet_calls(self) -> int:
+    if self.cache is not None:
+      return int(self.cache.hypernet_runs)
+    return self.uncached_hypernet_rows
+
+  @property
+  def cache_hits(self) -> int:
+    return int(self.cache.hits) if self.cache is not None else 0
+
+  def _inputs(self, arrays: Mapping[str, np.ndarray], batch: batching.Batch,
+              keys: Sequence[str]):
+    """(batch dict, adaptation) for one batch."""
+    feed = batching.gather(arrays, batch.indices, keys)
+    if not self.uses_instruction:
+      return feed, None
+    hyper = arrays[F.HYPER_ENCODER_INPUT_TOKENS]
+    if self.cache is None:
+      # The model runs the hypernetwork on every row inside the call.
+      feed[F.HYPER_ENCODER_INPUT_TOKENS] = hyper[batch.indices]
+      self.uncached_hypernet_rows += batch.num_real
+      return feed, None
+    if batch.homogeneous:  # One per-task adaptation, broadcast.
+      return feed, self.cache.get_task(hyper[batch.indices[0]],
+                                       rows=batch.num_real)
+    adaptation = self.cache.get(hyper[batch.real_indices])
+    return feed, _pad_adaptation(adaptation, self.batch_size)
+
+  def _batches(self, encoded: batching.EncodedRows) -> list[batching.Batch]:
+    order = np.arange(len(encoded))
+    hyper = None
+    if self.uses_instruction:
+      hyper = encoded.arrays[F.HYPER_ENCODER_INPUT_TOKENS]
+      order = batching.instruction_order(hyper)
+    return batching.make_batches(order, self.batch_size, hyper)
+
+  def score(self, encoded: batching.EncodedRows, *, progress: bool,
+            desc: str) -> np.ndarray:
+    """`[N]` summed target log-likelihood of every row."""
+    fn = score_fn(self.model)
+    scores = np.zeros(len(encoded), dtype=np.float64)
+    for batch in tqdm.tqdm(self._batches(encoded), desc=desc, unit="batch",
+                           disable=not progress, leave=False):
+      feed, adaptation = self._inputs(encoded.arrays, batch, SCORE_KEYS)
+      out = np.asarray(fn(self.params, feed, adaptation))
+      scores[batch.real_indices] = out[:batch.num_real]
+    return scores
+
+  def generate(self, encoded: batching.EncodedRows, *, method: str,
+               num_beams: int, max_decode_length: int, progress: bool,
+               desc: str) -> np.ndarray:
+    """`[N, max_decode_length]` decoded token ids of every row."""
+    fn = predict_fn(self.model, method, num_beams, max_decode_length)
+    out = np.zeros((len(encoded), max_decode_length), dtype=np.int32)
+    for batch in tqdm.tqdm(self._batches(encoded), desc=desc, unit="batch",
+                           disable=not progress, leave=False):
+      feed, adaptation = self._inputs(encoded.arrays, batch,
+                                      (F.ENCODER_INPUT_TOKENS,))
+      tokens = np.asarray(fn(self.params, feed, adaptation))
+      out[batch.real_indices] = tokens[:batch.num_real]
+    return out
