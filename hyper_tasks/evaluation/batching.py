@@ -29,6 +29,7 @@ from hyper_tasks.data import converters
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import vocab as vocab_lib
+from hyper_tasks.models.cache import instruction_key
 
 
 @dataclasses.dataclass
@@ -84,7 +85,8 @@ def encode_records(records: Sequence[Mapping[str, object]],
 
 
 def instruction_ids(hyper_tokens: np.ndarray) -> np.ndarray:
-  """`[N]` id of each row's instruction (ids in order of first appearance)."""
+  """`[N]` id of each row's instruction (ids in order of first appearance;
+  identity is `models.cache.instruction_key`, as in the adaptation cache)."""
   ids = np.empty(len(hyper_tokens), dtype=np.int64)
   seen: dict[bytes, int] = {}
   for i, row in enumerate(np.asarray(hyper_tokens)):
