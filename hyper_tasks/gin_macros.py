@@ -41,7 +41,7 @@ from typing import Any, Optional
 import gin
 from gin import config_parser
 
-from hyper_tasks import gin_utils
+from hyper_tasks import gin_paths
 
 _MACRO = "gin.macro"
 _CONSTANT = "gin.constant"
@@ -51,7 +51,7 @@ ENV_FORWARDED_MACROS = ("SNI_DIR", "C4_PATH", "P3_TEMPLATES_DIR", "P3_DATA_DIR",
                         "TFDS_DATA_DIR", "INITIAL_CHECKPOINT_PATH")
 
 
-class UnreadMacroError(gin_utils.GinConfigError):
+class UnreadMacroError(gin_paths.GinConfigError):
   """Macros bound by the user that no configurable reads.
 
   Attributes:
@@ -132,7 +132,7 @@ def command_line_macros(bindings: Sequence[str]) -> dict[str, str]:
         continue
       key, is_macro = binding_key(statement)
       if key in seen and seen[key][0] != statement.value:
-        raise gin_utils.GinConfigError(
+        raise gin_paths.GinConfigError(
             f"{key} is bound twice on the command line with different values: "
             f"{seen[key][1]!r} and {text!r}; give it once.")
       seen[key] = (statement.value, text)
@@ -285,7 +285,7 @@ def check_user_macros(gin_files: Sequence[str], bindings: Sequence[str],
   """
   cmd = command_line_macros(bindings)
   user_files, repo = file_macros(
-      gin_files, repo_dir if repo_dir is not None else gin_utils.repo_gin_dir())
+      gin_files, repo_dir if repo_dir is not None else gin_paths.repo_gin_dir())
   origins = {name: f"bound in {path}" for name, path in user_files.items()
              if name not in repo}
   origins.update({name: f"bound by {text!r}" for name, text in cmd.items()})

@@ -23,25 +23,25 @@ gin's generic message. :func:`write_operative_config` writes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
-import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Optional
 
 import gin
 
-GIN_DIR_ENV = "HYPER_TASKS_GIN_DIR"
+from hyper_tasks import gin_macros
+# Re-exported: callers name them gin_utils.* (the gin-file layer is below).
+from hyper_tasks.gin_paths import (GIN_DIR_ENV, GinConfigError,  # pylint: disable=unused-import
+                                   default_search_paths, include_resolution,
+                                   quiet_gin_path_probes, repo_gin_dir,
+                                   resolve_file)
+
 CONFIG_FILE = "config.gin"
 
 # Modules never imported for their configurables (entry points, scripts).
 _SKIP_MODULES = ("__main__", "hyper_tasks.cli", "hyper_tasks.demo", "hyper_tasks.sweep")
-
-
-class GinConfigError(ValueError):
-  """A gin file or binding that cannot be applied."""
 
 
 @dataclasses.dataclass
@@ -50,29 +50,6 @@ class GinArgs:
   gin_files: list[str]
   bindings: list[str]
   search_paths: list[str]
-
-
-def default_search_paths() -> list[str]:
-  """``$HYPER_TASKS_GIN_DIR``, the repo's ``gin/`` dir, the current directory."""
-  paths = []
-  env = os.environ.get(GIN_DIR_ENV)
-  if env:
-    paths += [p for p in env.split(os.pathsep) if p]
-  package_dir = os.path.dirname(os.path.abspath(__file__))
-  for candidate in (os.path.join(os.path.dirname(package_dir), "gin"),
-                    os.path.join(package_dir, "gin")):
-    if os.path.isdir(candidate):
-      paths.append(candidate)
-  paths.append(os.getcwd())
-  return paths
-
-
-def repo_gin_dir() -> Optional[str]:
-  """The repository's ``gin/`` directory, if found."""
-  for path in default_search_paths():
-    if os.path.isdir(os.path.join(path, "experiments")):
-      return path
-  return None
 
 
 def add_gin_flags(parser: argparse.ArgumentParser) -> None:
@@ -153,61 +130,6 @@ def import_configurables(modules: Optional[Iterable[str]] = None) -> None:
     importlib.import_module(name)
 
 
-class _PathProbeFilter(logging.Filter):
-  """Drops gin's ERROR "Path not found" logged for every search path it probes."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.module == "resource_reader"
-                and str(record.msg).startswith("Path not found"))
-
-
-def _quiet_gin_path_probes() -> None:
-  root = logging.getLogger()
-  if not any(isinstance(f, _PathProbeFilter) for f in root.filters):
-    root.addFilter(_PathProbeFilter())
-
-
-def _resolve_file(path: str, search_paths: Sequence[str]) -> str:
-  """A gin file given on the command line: a path that exists, else the first
-  search path that holds it."""
-  path = os.path.expanduser(path)
-  if os.path.isabs(path):
-    if os.path.isfile(path):
-      return path
-    raise GinConfigError(f"gin file {path!r} not found.")
-  if os.path.isfile(path):
-    return os.path.abspath(path)
-  for base in search_paths:
-    candidate = os.path.join(base, path)
-    if os.path.isfile(candidate):
-      return os.path.abspath(candidate)
-  raise GinConfigError(f"gin file {path!r} not found (searched {list(search_paths)}).")
-
-
-@contextlib.contextmanager
-def _include_resolution(search_paths: Sequence[str]):
-  """Makes gin resolve ``include`` statements against ``search_paths`` only.
-
-  Gin's defaults depend on the working directory's contents: its first location
-  prefix is ``''`` (the working directory, ahead of every search path), and its
-  package-resource reader takes any folder on ``sys.path`` (``runs/`` in the
-  repository root after a demo, since ``python -m`` puts the working directory on
-  ``sys.path``) for a Python package and crashes on it. While parsing, the prefixes
-  are exactly ``search_paths`` (the working directory last, from
-  :func:`default_search_paths`) and the reader is a plain file reader; absolute
-  includes are read as they are. Restored afterwards.
-  """
-  config = gin.config
-  saved = (list(config._LOCATION_PREFIXES), list(config._FILE_READERS))  # pylint: disable=protected-access
-  config._LOCATION_PREFIXES[:] = [os.path.abspath(p) for p in search_paths]  # pylint: disable=protected-access
-  config._FILE_READERS[:] = [(open, os.path.isfile)]  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    config._LOCATION_PREFIXES[:] = saved[0]  # pylint: disable=protected-access
-    config._FILE_READERS[:] = saved[1]  # pylint: disable=protected-access
-
-
 def _clear_error(e: Exception, where: str) -> GinConfigError:
   return GinConfigError(f"{where}: {e}")
 
@@ -223,16 +145,16 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
   """
   if import_modules:
     import_configurables()
-  _quiet_gin_path_probes()
+  quiet_gin_path_probes()
   paths = list(search_paths) + default_search_paths()
-  resolved_files = [_resolve_file(f, paths) for f in gin_files]
+  resolved_files = [resolve_file(f, paths) for f in gin_files]
   # A user's own file may include files beside it (after the given search paths,
   # before the repository's gin/ and the working directory).
   own_dirs = [os.path.dirname(f) for f in resolved_files]
   include_paths = list(dict.fromkeys(
       [os.path.abspath(p) for p in search_paths] + own_dirs
       + [os.path.abspath(p) for p in default_search_paths()]))
-  with _include_resolution(include_paths):
+  with include_resolution(include_paths):
     for resolved in resolved_files:
       try:
         gin.parse_config_file(resolved)
@@ -244,7 +166,6 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
       except (ValueError, KeyError, SyntaxError, IOError, TypeError) as e:
         raise _clear_error(e, f"gin binding {b!r}") from e
     # User-bound macros that nothing reads are errors (hyper_tasks/gin_macros.py).
-    from hyper_tasks import gin_macros  # pylint: disable=g-import-not-at-top
     gin_macros.check_user_macros(resolved_files, bindings)
   if finalize:
     try:
