@@ -39,6 +39,8 @@ import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
 from hyper_tasks.models.config import T5Config
+from hyper_tasks.models.hypernets import common
+from hyper_tasks.models.hypernets.hint import Hint
 from hyper_tasks.models.peft_spec import PeftSpec, site_module
 
 
@@ -194,7 +196,6 @@ def _module(model):
 def hint_head(hypernet, instr_len: int) -> float:
   """HINT's cost per instruction, read from the module: queries attend over the
   instruction states, then one MLP head per parameter type maps each row."""
-  from hyper_tasks.models.hypernets import common
   slots = hypernet.slots()
   groups = common.group_by_type(slots)
   layouts = {s.path: common.row_layout(s) for s in slots}
@@ -233,7 +234,6 @@ def hypernet_cost(model, instr_len: int) -> dict:
   enc_cfg = cfg
   if getattr(net, "separate_encoder", False) and getattr(net, "encoder_layers", None):
     enc_cfg = cfg.replace(num_encoder_layers=net.encoder_layers)
-  from hyper_tasks.models.hypernets.hint import Hint
   head = hint_head(net, instr_len) if isinstance(net, Hint) else _hypernet_xla(
       net, cfg, instr_len)
   return {"instruction_encoder": encoder_only(enc_cfg, instr_len), "hypernet": head}

@@ -38,6 +38,7 @@ from hyper_tasks.models.config import T5Config
 from hyper_tasks.models.layers import constrain
 from hyper_tasks.models.peft.static import set_path
 from hyper_tasks.models.peft_spec import PeftSpec, Slot
+from hyper_tasks.models.t5 import Encoder
 
 Array = Any
 
@@ -340,8 +341,6 @@ class HypernetBase(nn.Module):
 
   def setup(self):
     if self.separate_encoder:
-      # Imported here: t5 imports nothing from hypernets, but keep the edge local.
-      from hyper_tasks.models.t5 import Encoder
       cfg = self.config
       if self.encoder_layers:
         cfg = cfg.replace(num_encoder_layers=self.encoder_layers)
