@@ -102,9 +102,9 @@ def convert(argv: Sequence[str]) -> int:
     out = _params_only_checkpoint(tree_utils.unflatten(flat), args.out_dir)
   else:
     from hyper_tasks.convert import hf
-    from hyper_tasks.train import initial_restore
-    flat, _, _, step = initial_restore.read_checkpoint(args.model_dir, "ours",
-                                                       args.step)
+    from hyper_tasks.train import checkpoint_formats
+    ckpt = checkpoint_formats.read_checkpoint(args.model_dir, "ours", args.step)
+    flat, step = ckpt.params, ckpt.step
     backbone = {k: np.asarray(v) for k, v in flat.items()
                 if not k.startswith(("hypernet/", "peft/"))}
     hf.save_t5(tree_utils.unflatten(backbone), config_from_params(backbone),

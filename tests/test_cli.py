@@ -12,7 +12,7 @@ from tests.train import train_testlib as lib
 from hyper_tasks import cli
 from hyper_tasks.convert import hf
 from hyper_tasks.evaluation import report as report_lib
-from hyper_tasks.train import initial_restore
+from hyper_tasks.train import checkpoint_formats
 from hyper_tasks import tree_utils
 
 lib.enable_compilation_cache()
@@ -87,7 +87,8 @@ def test_convert_hf_ours_hf_round_trip(tmp_path, tied):
   hf.save_t5(params, cfg, str(tmp_path / "hf"))
   assert cli.main(["convert", "hf-to-ours", str(tmp_path / "hf"),
                    str(tmp_path / "ours")]) == 0
-  flat, _, _, step = initial_restore.read_checkpoint(str(tmp_path / "ours"))
+  ckpt = checkpoint_formats.read_checkpoint(str(tmp_path / "ours"))
+  flat, step = ckpt.params, ckpt.step
   assert step == 0
   expected = tree_utils.flatten(params)
   assert sorted(flat) == sorted(expected)
@@ -113,7 +114,7 @@ def test_convert_t5x_to_ours(shared_data, tmp_path):
   from hyper_tasks.convert import t5x_checkpoint  # pylint: disable=g-import-not-at-top
   expected, _, _ = t5x_checkpoint.load_t5x_checkpoint(str(path))
   assert cli.main(["convert", "t5x-to-ours", str(path), str(tmp_path)]) == 0
-  flat, _, _, _ = initial_restore.read_checkpoint(str(tmp_path))
+  flat = checkpoint_formats.read_checkpoint(str(tmp_path)).params
   assert sorted(flat) == sorted(expected)
   np.testing.assert_array_equal(np.asarray(flat["encoder/layers_0/mlp/wo/kernel"]),
                                 expected["encoder/layers_0/mlp/wo/kernel"])

@@ -20,25 +20,21 @@ specs to local ``file`` specs under the checkpoint directory and reads them.
 Paths may be the msgpack file, a ``checkpoint_<step>`` directory, or a model
 directory holding ``checkpoint_<step>`` directories (latest, or ``step=``).
 
-:func:`adafactor_state_from_t5x` copies t5x's Adafactor statistics into the state of
-our grouped optimizer (``hyper_tasks.train.optimizers``), whose per-parameter
-``v_row``/``v_col``/``v``/``m`` layout mirrors t5x's, so a backbone can continue with
-its pretraining statistics while a new hypernetwork group starts fresh.
+This module only reads files. Copying t5x's Adafactor statistics into our grouped
+optimizer's state (whose per-parameter ``v_row``/``v_col``/``v``/``m`` layout mirrors
+t5x's) is the trainer's optimizer-state restore, ``train/opt_state_restore.py``.
 """
 from __future__ import annotations
 
 import copy
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from hyper_tasks.train import optimizers
 from hyper_tasks import tree_utils
 
 _CHECKPOINT_FILE = "checkpoint"
@@ -208,65 +204,4 @@ def adafactor_state(opt_state: Mapping[str, np.ndarray], param_path: str
   out = {k[len(prefix):]: v for k, v in opt_state.items() if k.startswith(prefix)}
   if not out:
     raise KeyError(f"No Adafactor state for {param_path!r}.")
-  return out
-
-
-_ADAFACTOR_FIELDS = ("v_row", "v_col", "v", "m")
-
-
-def adafactor_state_from_t5x(opt_state: Any, t5x_opt_state: Mapping[str, np.ndarray],
-                             groups: Optional[Iterable[str]] = None,
-                             require_all: bool = True) -> Any:
-  """Fills our optimizer state's Adafactor statistics from a t5x checkpoint.
-
-  Args:
-    opt_state: a (fresh) state of an optimizer built by
-      ``hyper_tasks.train.optimizers.make_optimizer``.
-    t5x_opt_state: the ``optimizer_state`` returned by :func:`load_t5x_checkpoint`.
-    groups: which optimizer groups to fill (default: every trainable group); the
-      others keep their state, e.g. a fresh hypernetwork.
-    require_all: error if a parameter of a filled group has no t5x statistics.
-
-  Returns:
-    The state with ``v_row``/``v_col``/``v`` (and ``m`` when both sides keep
-    momentum) copied, and each filled group's counter set to t5x's step.
-
-  Raises:
-    ValueError: shape mismatches (all listed), or missing statistics with
-      ``require_all``.
-  """
-  groups = None if groups is None else set(groups)
-  step = t5x_opt_state.get("state/step")
-  missing, mismatched = [], []
-
-  def fill(name, state):
-    if groups is not None and name not in groups:
-      return state
-    fields = {}
-    for field in _ADAFACTOR_FIELDS:
-      def one(path, leaf, field=field):
-        param = tree_utils.path_str(path)
-        value = t5x_opt_state.get(f"state/param_states/{param}/{field}")
-        if value is None:
-          if field == "v_row":  # Report each parameter once.
-            missing.append(param)
-          return leaf
-        if value.shape != leaf.shape:
-          if field == "m" and (value.shape == (1,) or leaf.shape == (1,)):
-            return leaf  # Momentum kept on one side only: start it fresh.
-          mismatched.append(f"{param}/{field}: t5x {value.shape} vs ours {leaf.shape}")
-          return leaf
-        return jax.device_put(jnp.asarray(value, leaf.dtype), leaf.sharding)
-      fields[field] = jax.tree_util.tree_map_with_path(one, getattr(state, field))
-    count = state.count if step is None else jnp.asarray(step, state.count.dtype)
-    return state._replace(count=count, **fields)
-
-  out = optimizers.map_group_states(opt_state, fill)
-  problems = []
-  if mismatched:
-    problems.append(f"shape mismatches: {sorted(mismatched)}")
-  if missing and require_all:
-    problems.append(f"no t5x statistics for: {sorted(missing)}")
-  if problems:
-    raise ValueError("Cannot load t5x Adafactor state; " + "; ".join(problems))
   return out

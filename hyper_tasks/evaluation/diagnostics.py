@@ -370,8 +370,8 @@ def load_checkpoint(model, path: str, step: Optional[int],
   :class:`DiagnosticsError` naming it (before any restore)."""
   # pylint: disable=g-import-not-at-top
   from hyper_tasks import eval as eval_lib
-  from hyper_tasks.train import initial_restore
-  from hyper_tasks.train import restore
+  from hyper_tasks.train import checkpoint_formats
+  from hyper_tasks.train import param_restore
   from hyper_tasks import tree_utils
   if not model.uses_instruction:
     raise DiagnosticsError(
@@ -379,15 +379,16 @@ def load_checkpoint(model, path: str, step: Optional[int],
         "plain T5, concatenated-instruction or static-PEFT model); diagnose needs "
         "a HINT-style model. Pass the experiment's --gin_file if config.gin is "
         "not the one the checkpoint was trained with.")
-  flat_ckpt, _, _, ckpt_step = initial_restore.read_checkpoint(path, "auto", step)
+  ckpt = checkpoint_formats.read_checkpoint(path, "auto", step)
+  flat_ckpt, ckpt_step = ckpt.params, ckpt.step
   if not any(k.startswith("hypernet/") for k in flat_ckpt):
     raise DiagnosticsError(
         f"checkpoint {path} (step {ckpt_step}) has no hypernetwork: none of its "
         f"{len(flat_ckpt)} parameters is under 'hypernet/'. diagnose needs a "
         "checkpoint of a model with a hypernetwork (HINT, Hypter, ...).")
   abstract = eval_lib.abstract_params(model, sequence_lengths)
-  flat, _ = restore.restore_params(
-      initial_restore._flat(abstract), flat_ckpt, ())  # pylint: disable=protected-access
+  flat, _ = param_restore.restore_params(
+      checkpoint_formats.flat(abstract), flat_ckpt, ())
   treedef = jax.tree.structure(abstract)
   paths = tree_utils.leaf_paths(abstract)
   params = jax.tree.unflatten(treedef, [flat[p] for p in paths])

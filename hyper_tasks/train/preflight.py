@@ -39,9 +39,10 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from hyper_tasks.train import checkpoint_formats
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore as init_restore_lib
-from hyper_tasks.train import restore
+from hyper_tasks.train import param_restore
 from hyper_tasks import tree_utils
 
 LENGTH_KEYS = ("hyper_inputs", "inputs", "targets")
@@ -158,74 +159,42 @@ def check_lengths(sequence_lengths: Mapping[str, Any], model: Any,
 # ----------------------------------------------------------------------------------
 
 
-def _our_saved_shapes(path: str, step: Optional[int]
-                      ) -> tuple[int, dict[str, tuple[int, ...]]]:
-  """``(step, {state path: shape})`` of one of our checkpoints, from orbax metadata."""
-  ckpt, step = init_restore_lib._our_checkpointer(path, step)  # pylint: disable=protected-access
-  with ckpt:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No finalised checkpoint under {path}.")
-    return step, ckpt.saved_shapes(step)
-
-
-def checkpoint_param_shapes(path: str, fmt: str = "auto", step: Optional[int] = None
-                            ) -> tuple[str, dict[str, tuple[int, ...]], dict]:
-  """``(format, {parameter path: shape}, {optimizer state key: shape})`` of any
-  supported checkpoint, read from metadata only (no weights)."""
-  fmt = init_restore_lib.detect_format(path) if fmt == "auto" else fmt
-  if fmt == "hf":
-    from hyper_tasks.convert import hf  # pylint: disable=g-import-not-at-top
-    _, shapes = hf.read_param_shapes(path)
-    return fmt, shapes, {}
-  if fmt == "t5x":
-    from hyper_tasks.convert import t5x_checkpoint  # pylint: disable=g-import-not-at-top
-    shapes, opt_keys = t5x_checkpoint.read_param_shapes(path, step)
-    return fmt, shapes, {k: () for k in opt_keys}
-  _, saved = _our_saved_shapes(path, step)
-  params = {k[len("params/"):]: v for k, v in saved.items() if k.startswith("params/")}
-  opt = {k[len("opt_state/"):]: v for k, v in saved.items()
-         if k.startswith("opt_state/")}
-  return fmt, params, opt
-
-
 def _zeros(shape: Sequence[int], dtype=np.float32) -> np.ndarray:
   """A read-only array of ``shape`` that takes no memory (restore planning)."""
   return np.broadcast_to(np.zeros((), dtype), tuple(shape))
 
 
 def plan_initial_restore(cfg: Any, optimizer: Any, abstract_params: Any
-                         ) -> tuple[restore.RestoreReport, list[str]]:
+                         ) -> tuple[param_restore.RestoreReport, list[str]]:
   """What ``InitialRestore`` ``cfg`` would do, decided from metadata alone.
 
   Raises:
-    restore.RestoreError: missing keys, shape mismatches or absent optimizer
+    param_restore.RestoreError: missing keys, shape mismatches or absent optimizer
       groups, as the real restore would (it runs the same ``restore_params``).
   """
-  fmt, shapes, opt = checkpoint_param_shapes(cfg.path, cfg.format, cfg.step)
-  notes = [f"initial restore: {fmt} checkpoint {cfg.path}"]
+  ckpt = checkpoint_formats.read_shapes(cfg.path, cfg.format, cfg.step)
+  notes = [f"initial restore: {ckpt.format} checkpoint {cfg.path}"]
   target = {tree_utils.path_str(p): v for p, v in
             jax.tree_util.tree_leaves_with_path(abstract_params)}
   init = {k: _zeros(v.shape, v.dtype) for k, v in target.items()}
   copies = ((init_restore_lib.HYPERNET_ENCODER_COPY,)
             if getattr(cfg, "hypernet_encoder_from_backbone", False) else ())
-  _, report = restore.restore_params(
-      target, {k: _zeros(v) for k, v in shapes.items()}, cfg.assignment_map,
+  _, report = param_restore.restore_params(
+      target, {k: _zeros(v) for k, v in ckpt.params.items()}, cfg.assignment_map,
       cfg.fallback_to_scratch, init, cfg.reinit_patterns, copies)
   groups = init_restore_lib.groups_to_restore(cfg, optimizer)
-  if groups and fmt == "ours":
-    have = set(init_restore_lib._source_group_states(opt))  # pylint: disable=protected-access
-    absent = sorted(set(groups) - have)
-    if absent:
-      raise restore.RestoreError(
-          f"{cfg.path}: the checkpoint's optimizer state has no group(s) {absent} "
-          f"(it has {sorted(have)}) for optimizer_state={cfg.optimizer_state!r}; "
-          "use optimizer_state='fresh' or name them in fresh_groups.")
-    notes.append(f"optimizer groups {groups}: from the checkpoint")
-  elif groups and fmt == "hf":
-    notes.append(f"optimizer groups {groups}: fresh (HF checkpoints hold none)")
+  have = ckpt.opt_groups
+  absent = [] if have is None else sorted(set(groups) - have)
+  if absent:
+    raise param_restore.RestoreError(
+        f"{cfg.path}: the checkpoint's optimizer state has no group(s) {absent} "
+        f"(it has {sorted(have)}) for optimizer_state={cfg.optimizer_state!r}; "
+        "use optimizer_state='fresh' or name them in fresh_groups.")
+  if groups and not ckpt.has_opt_state:
+    notes.append(f"optimizer groups {groups}: fresh ({ckpt.format.upper()} "
+                 "checkpoints hold none)")
   elif groups:
-    notes.append(f"optimizer groups {groups}: from the t5x checkpoint")
+    notes.append(f"optimizer groups {groups}: from the {ckpt.format} checkpoint")
   return report, notes
 
 
@@ -358,13 +327,13 @@ def train_report(*, model, optimizer, fns, mesh, sequence_lengths, batch_size,
 
 def plan_params_restore(path: str, abstract_params: Any, fmt: str = "auto",
                         step: Optional[int] = None, assignment_map=()
-                        ) -> restore.RestoreReport:
+                        ) -> param_restore.RestoreReport:
   """What evaluation's ``load_params`` would do (every key from the checkpoint),
   decided from metadata alone; raises ``RestoreError`` naming keys and shapes."""
-  _, shapes, _ = checkpoint_param_shapes(path, fmt, step)
+  shapes = checkpoint_formats.read_shapes(path, fmt, step).params
   target = {tree_utils.path_str(p): v for p, v in
             jax.tree_util.tree_leaves_with_path(abstract_params)}
-  _, report = restore.restore_params(
+  _, report = param_restore.restore_params(
       target, {k: _zeros(v) for k, v in shapes.items()}, assignment_map)
   return report
 

@@ -57,7 +57,7 @@ from hyper_tasks.train import initial_restore as init_restore_lib
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import partitioning
 from hyper_tasks.train import preflight
-from hyper_tasks.train import restore
+from hyper_tasks.train import param_restore
 from hyper_tasks.train import step_fn
 from hyper_tasks.train import summaries as summaries_lib
 from hyper_tasks.train import train_eval
@@ -71,7 +71,7 @@ class TrainResult(NamedTuple):
   """What :func:`train` returns."""
   state: TrainState
   history: list[dict[str, float]]       # one summary per ``summary_period``
-  restore_report: Optional[restore.RestoreReport]
+  restore_report: Optional[param_restore.RestoreReport]
   preempted: bool
 
 

@@ -1,4 +1,4 @@
-"""Tests for hyper_tasks.train.restore and hyper_tasks.tree_utils, and HINT's
+"""Tests for hyper_tasks.train.param_restore and hyper_tasks.tree_utils, and HINT's
 separate instruction encoder restored from the backbone encoder."""
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ from hyper_tasks.models.peft_spec import AdapterSpec, PeftSpec
 from hyper_tasks.models.transformer import Transformer
 from hyper_tasks.train import initial_restore
 from hyper_tasks.train import optimizers
-from hyper_tasks.train import restore
+from hyper_tasks.train import param_restore
 from hyper_tasks.train import train_state as ts_lib
 from hyper_tasks import tree_utils
 
@@ -56,19 +56,19 @@ def test_apply_assignment_map_first_match_backrefs_and_drop():
       (r"encoder/block_(\d+)/.*", r"never/\1"),      # shadowed by the first rule.
       (r"junk", None),                               # fullmatch: no effect on junk/x.
   ]
-  report = restore.RestoreReport()
-  out = restore.apply_assignment_map(ckpt, amap, report)
+  report = param_restore.RestoreReport()
+  out = param_restore.apply_assignment_map(ckpt, amap, report)
   assert out == {"encoder/layers_0/attention/q": 1, "encoder/layers_1/attention/q": 2,
                  "encoder/final_norm": 3, "junk/x": 5}
   assert report.dropped == ["decoder/block_0/attn/q"]
   assert report.renamed["encoder/block_1/attn/q"] == "encoder/layers_1/attention/q"
   # One checkpoint key copied to two names.
-  out = restore.apply_assignment_map({"encoder/w": 7},
+  out = param_restore.apply_assignment_map({"encoder/w": 7},
                                      [(r"encoder/(.*)", ["encoder/\\1",
                                                           "hypernet/encoder/\\1"])])
   assert out == {"encoder/w": 7, "hypernet/encoder/w": 7}
-  with pytest.raises(restore.RestoreError, match="'a/x' and 'b/x' -> 'c/x'"):
-    restore.apply_assignment_map({"a/x": 1, "b/x": 2}, [(r"[ab]/(x)", r"c/\1")])
+  with pytest.raises(param_restore.RestoreError, match="'a/x' and 'b/x' -> 'c/x'"):
+    param_restore.apply_assignment_map({"a/x": 1, "b/x": 2}, [(r"[ab]/(x)", r"c/\1")])
 
 
 def _target():
@@ -91,7 +91,7 @@ def test_restore_params_loads_casts_and_reports():
       "decoder/unused": _arr((3,), 3),
       "hypernet/out/kernel": _arr((4, 8), 4),
   }
-  params, report = restore.restore_params(
+  params, report = param_restore.restore_params(
       _target(), ckpt,
       assignment_map=[(r"encoder/layers_(\d+)/SelfAttention/q",
                        r"encoder/layers_\1/attention/query/kernel")],
@@ -117,19 +117,19 @@ def test_restore_params_loads_casts_and_reports():
 
 def test_missing_keys_are_all_listed_unless_fallback():
   ckpt = {"token_embedder/embedding": _arr((16, 4))}
-  with pytest.raises(restore.RestoreError) as e:
-    restore.restore_params(_target(), ckpt, init_params=_init())
+  with pytest.raises(param_restore.RestoreError) as e:
+    param_restore.restore_params(_target(), ckpt, init_params=_init())
   msg = str(e.value)
   assert "2 target key(s) missing" in msg
   assert "encoder/layers_0/attention/query/kernel" in msg
   assert "hypernet/out/kernel" in msg
-  params, report = restore.restore_params(_target(), ckpt, fallback_to_scratch=True,
+  params, report = param_restore.restore_params(_target(), ckpt, fallback_to_scratch=True,
                                           init_params=_init())
   assert report.reinitialised == ["encoder/layers_0/attention/query/kernel",
                                   "hypernet/out/kernel"]
   assert params["hypernet/out/kernel"].dtype == np.float32
-  with pytest.raises(restore.RestoreError, match="absent from init_params"):
-    restore.restore_params(_target(), ckpt, fallback_to_scratch=True)
+  with pytest.raises(param_restore.RestoreError, match="absent from init_params"):
+    param_restore.restore_params(_target(), ckpt, fallback_to_scratch=True)
 
 
 def test_shape_mismatches_are_all_listed_with_both_shapes():
@@ -138,8 +138,8 @@ def test_shape_mismatches_are_all_listed_with_both_shapes():
       "encoder/layers_0/attention/query/kernel": _arr((6, 4)),
       "hypernet/out/kernel": _arr((4, 8)),
   }
-  with pytest.raises(restore.RestoreError) as e:
-    restore.restore_params(_target(), ckpt)
+  with pytest.raises(param_restore.RestoreError) as e:
+    param_restore.restore_params(_target(), ckpt)
   msg = str(e.value)
   assert "2 shape mismatch" in msg
   assert "token_embedder/embedding: checkpoint (32, 4) vs target (16, 4)" in msg
@@ -151,7 +151,7 @@ def test_nested_inputs_are_accepted():
   target = tree_utils.unflatten(_target())
   ckpt = tree_utils.unflatten({k: np.zeros(v.shape, np.float32)
                                for k, v in _target().items()})
-  params, report = restore.restore_params(target, ckpt)
+  params, report = param_restore.restore_params(target, ckpt)
   assert len(report.loaded) == 3 and not report.unused
   assert set(params) == set(_target())
 
@@ -169,7 +169,7 @@ def test_prefix_copies_fill_the_hypernet_encoder_from_the_backbone_encoder():
           "hypernet/encoder/layers_0/mlp/wo/kernel": _arr((2, 3), 3),  # replaced
           "hypernet/queries": _arr((4,), 4)}
   amap = [(r"encoder/SelfAttn/wo", r"encoder/layers_0/mlp/wo/kernel")]
-  params, report = restore.restore_params(
+  params, report = param_restore.restore_params(
       target, ckpt, amap, fallback_to_scratch=True, init_params=init,
       reinit_patterns=["^hypernet/"],
       prefix_copies=[("encoder/", "hypernet/encoder/")])
