@@ -2,7 +2,7 @@
 
 Floors, bottom up; a module imports only its own floor or the ones below:
 
-  0  hyper_tasks.tree_utils, gin_paths, gin_macros, gin_utils (generic helpers)
+  0  hyper_tasks.tree_utils, choices, gin_paths, gin_macros, gin_utils (generic)
   1  hyper_tasks.models, hyper_tasks.data          (neither imports the other)
   2  hyper_tasks.convert                           (checkpoint files; models only)
   3  hyper_tasks.train, hyper_tasks.evaluation     (train may use evaluation,
@@ -25,7 +25,8 @@ import pytest
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "hyper_tasks")
 MAX_LINES = 450
-FLOOR0 = {"hyper_tasks", "hyper_tasks.tree_utils", "hyper_tasks.gin_paths",
+FLOOR0 = {"hyper_tasks", "hyper_tasks.tree_utils", "hyper_tasks.choices",
+          "hyper_tasks.gin_paths",
           "hyper_tasks.gin_macros", "hyper_tasks.gin_utils"}
 PACKAGES = {"models": 1, "data": 1, "convert": 2, "train": 3, "evaluation": 3}
 # Same-floor packages that may import one another, in this direction only.

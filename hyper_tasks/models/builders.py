@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import gin
+import jax
 import jax.numpy as jnp
 
 from hyper_tasks.models import config as config_lib
@@ -25,9 +26,11 @@ from hyper_tasks.models.peft_spec import (ATTENTION_SITES, IA3_TARGETS, AdapterS
                                           IA3Spec, LoraSpec, PeftSpec, PrefixSpec,
                                           PromptSpec)
 from hyper_tasks.models.transformer import Transformer
+from hyper_tasks.choices import check_choice
 
 _GIN_MODULE = "models"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ACCELERATOR_COMPUTE_DTYPE = "bfloat16"
 
 
 def _size(name: str, value) -> int:
@@ -92,10 +95,20 @@ def make_peft_spec(adapter_size: int = 0,
       ia3=IA3Spec(_tuple("ia3_targets", ia3_targets)) if ia3 else None)
 
 
+def resolve_compute_dtype(dtype: Optional[str],
+                          backend: Optional[str] = None) -> Optional[str]:
+  """``"auto"`` -> bfloat16 on GPU/TPU, None (the preset's float32) on CPU; any
+  other value as given. Parameters and optimizer state stay float32 either way."""
+  if dtype != "auto":
+    return dtype
+  backend = jax.default_backend() if backend is None else backend
+  return ACCELERATOR_COMPUTE_DTYPE if backend in ("gpu", "tpu", "cuda",
+                                                  "rocm") else None
+
+
 def _dtype(dtype: Any):
   if isinstance(dtype, str):
-    if dtype not in _DTYPES:
-      raise ValueError(f"Unknown dtype {dtype!r}; choose from {sorted(_DTYPES)}.")
+    check_choice("dtype", dtype, sorted(_DTYPES))
     return _DTYPES[dtype]
   return dtype
 
@@ -128,7 +141,10 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
 
   Args:
     variant, size: backbone preset (``config.preset``); ``vocab_size``,
-      ``dropout_rate`` and ``dtype`` override it.
+      ``dropout_rate`` and ``dtype`` override it. ``dtype`` is the computation
+      dtype, the run's one dtype knob: "float32", "bfloat16", or "auto"
+      (bfloat16 on GPU/TPU, float32 on CPU; :func:`resolve_compute_dtype`);
+      parameters and optimizer state stay float32 either way.
     hypernet: "hint" | "hypter" | "hypertune" | "t2l" | "none".
     peft_spec: the generated (or learned) slots; None = no PEFT.
     instruction_fusion: decoder also cross-attends to the encoded instruction.
@@ -155,7 +171,8 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
                          f"config_overrides[{key!r}]={overrides[key]!r}.")
       overrides[key] = value
   cfg = make_t5_config(variant, size, **overrides, vocab_size=vocab_size,
-                       dropout_rate=dropout_rate, dtype=dtype)
+                       dropout_rate=dropout_rate,
+                       dtype=resolve_compute_dtype(dtype))
   spec = peft_spec if peft_spec is not None else PeftSpec()
   if not isinstance(spec, PeftSpec):
     raise ValueError(f"make_model: peft_spec must be a PeftSpec (e.g. "

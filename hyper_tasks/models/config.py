@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Optional
 
 import jax.numpy as jnp
+from hyper_tasks.choices import check_choice
 
 
 REMAT_POLICIES = ("none", "minimal", "full")
@@ -62,12 +63,8 @@ class T5Config:
   decoder_start_id: int = 0
 
   def __post_init__(self):
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; choose from "
-                       f"{REMAT_POLICIES}.")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"Unknown attention_impl {self.attention_impl!r}; choose "
-                       f"from {ATTENTION_IMPLS}.")
+    check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+    check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
 
   @property
   def inner_dim(self) -> int:
@@ -128,11 +125,9 @@ def preset(variant: str = "t5_1_1", size: str = "base", **overrides) -> T5Config
   Raises:
     ValueError: naming the unknown variant or size.
   """
-  if variant not in _VARIANTS:
-    raise ValueError(f"Unknown T5 variant {variant!r}; choose from {VARIANTS}.")
+  check_choice("T5 variant", variant, VARIANTS)
+  check_choice("T5 size", size, SIZES)
   table = _T5_SIZES if variant == "t5" else _T5_1_1_SIZES
-  if size not in table:
-    raise ValueError(f"Unknown T5 size {size!r}; choose from {SIZES}.")
   d_model, heads, d_kv, d_ff, layers = table[size]
   kwargs = dict(_VARIANTS[variant], d_model=d_model, num_heads=heads, d_kv=d_kv,
                 d_ff=d_ff, num_encoder_layers=layers, num_decoder_layers=layers)

@@ -28,6 +28,7 @@ from hyper_tasks.models.layers import (Dense, RMSNorm, RelativePositionBias,
 from hyper_tasks.models.peft.adapters import adapter_delta
 from hyper_tasks.models.peft.ia3 import ia3_scale
 from hyper_tasks.models.peft.lora import add_lora
+from hyper_tasks.choices import check_choice
 
 
 _REMAT = {
@@ -44,9 +45,7 @@ def remat_layer(cls, policy: str, static_argnums: tuple):
   """
   if policy == "none":
     return cls
-  if policy not in _REMAT:
-    raise ValueError(f"Unknown remat_policy {policy!r}; choose from "
-                     f"{('none',) + tuple(_REMAT)}.")
+  check_choice("remat_policy", policy, ("none",) + tuple(_REMAT))
   return nn.remat(cls, policy=_REMAT[policy], static_argnums=static_argnums)
 
 

@@ -28,6 +28,7 @@ from hyper_tasks.models.hypernets.hypertune import HyperTune
 from hyper_tasks.models.hypernets.hypter import Hypter
 from hyper_tasks.models.hypernets.t2l import TextToLora
 from hyper_tasks.models.peft_spec import PeftSpec
+from hyper_tasks.choices import check_choice
 
 HYPERNETS = {"hint": Hint, "hypter": Hypter, "hypertune": HyperTune,
              "t2l": TextToLora}
@@ -59,8 +60,7 @@ def make_hypernet(name: str, config: T5Config, spec: PeftSpec,
     if kwargs:
       raise ValueError(f"hypernet 'none' takes no options; got {sorted(kwargs)}.")
     return None
-  if name not in HYPERNETS:
-    raise ValueError(f"Unknown hypernet {name!r}; choose from {NAMES}.")
+  check_choice("hypernet", name, NAMES)
   cls = HYPERNETS[name]
   fields = {f.name for f in dataclasses.fields(cls)} - {"config", "spec", "parent",
                                                        "name"}
