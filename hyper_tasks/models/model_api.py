@@ -1,7 +1,7 @@
 """The t5x-like model API around :class:`~hyper_tasks.models.transformer.Transformer`.
 
 ``EncoderDecoderModel`` owns no parameters; it turns batches (the feature converter's
-keys, see DESIGN.md) into calls of the flax module:
+keys, see docs/ARCHITECTURE.md) into calls of the flax module:
 
   get_initial_variables(rng, input_shapes)    -> {"params": ...} (logically boxed)
   loss_fn(params, batch, dropout_rng)         -> (loss, metrics)
