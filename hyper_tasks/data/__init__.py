@@ -2,16 +2,20 @@
 
 Sources (each registers seqio tasks on request, never at import time):
   sni.py / sni_tasks.py   Super-NaturalInstructions files -> ``sni_<format>_<split>``
-  p3.py / p3_tasks.py     promptsource templates over local datasets -> ``t0_*``
+  p3_*.py / p3_tasks.py   promptsource templates over local datasets -> ``t0_*``
+                          (p3_templates: templates; p3_instructions and
+                          p3_placeholders: template instructions; p3_rows:
+                          datasets and rows; p3: records; p3_tasks: seqio tasks)
   c4.py                   C4 (TFDS or local files) cut for hypernetwork pretraining
   toy.py                  generated list/word operations -> ``toy_*``
   embedded/               shipped SNI-format tasks (``esni_*``) and pretraining text
 
 Shared pieces: vocab.py (T5 SentencePiece / bytes), features.py (names, record
-schema), preprocessors.py (batched tokenization), converters.py (feature converter),
-sources.py (seqio data sources), registry.py (idempotent registration
-bookkeeping), register.py (``register_all``: every source), pipeline.py
-(the API below), cli.py (list tasks, show examples).
+schema), preprocessors.py (batched tokenization), converters.py (the
+records-to-features contract: truncation, shift-right, loss weights; the feature
+converter), sources.py (seqio data sources), registry.py (idempotent
+registration bookkeeping), register.py (``register_all``: every source),
+pipeline.py (the API below), cli.py (list tasks, show examples).
 
 Typical use::
 

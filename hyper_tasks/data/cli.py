@@ -22,7 +22,6 @@ from typing import Optional, Sequence, TextIO
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import register
-from hyper_tasks.data import registry
 from hyper_tasks.data import vocab as vocab_lib
 
 

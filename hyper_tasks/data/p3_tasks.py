@@ -1,4 +1,7 @@
-"""seqio registration of P3 / T0 tasks and mixtures (templates and records: p3.py).
+"""seqio registration of P3 / T0 tasks and mixtures.
+
+Templates: p3_templates.py; instructions: p3_instructions.py; datasets and rows:
+p3_rows.py; rows -> records: p3.py.
 
 Per (dataset, template) task, over datasets whose templates and data are present:
 
@@ -12,7 +15,7 @@ Mixtures:
   ``t0_train``                           T0's training mixture: each template task
                                          weighted by its dataset's training rows,
                                          or 500k / #templates when the dataset
-                                         has more than 500k rows (p3.t0_rate)
+                                         has more than 500k rows (t0_rate)
   ``t0_train_<k>_shot[_concat]``         the same with k shots
   ``t0_eval_score_eval``                 T0's held-out set (ANLI R1-R3, CB, COPA,
                                          HellaSwag, RTE, StoryCloze, WiC,
@@ -32,7 +35,7 @@ applied by the mixture rates, as in T0), so registration only checks which files
 exist. A task's tf.data source moves row *indices*: it shards and shuffles them
 (``_SHUFFLE_ROWS``-row buffer, seeded, reshuffled each epoch), then reads and
 renders blocks of ``_RENDER_BLOCK`` rows in one Python call (local jsonl is read
-by byte offset). Shuffling rendered records instead made the first example of
+by byte offset, ``p3_rows.RowReader``). Shuffling rendered records instead made the first example of
 each task wait for ``_SHUFFLE_ROWS`` renderings (and held as many records per
 task in memory), and one Python call per record cost more than rendering it.
 Where every row renders, the order is the one a ``_SHUFFLE_ROWS``-record shuffle
@@ -42,10 +45,8 @@ examples (``_SCORE_EVAL_SHUFFLE``).
 """
 from __future__ import annotations
 
-import array
 import dataclasses
 import functools
-import json
 import logging
 import os
 import threading
@@ -58,6 +59,9 @@ import tensorflow as tf
 
 from hyper_tasks.data import features as F
 from hyper_tasks.data import p3
+from hyper_tasks.data import p3_instructions
+from hyper_tasks.data import p3_rows
+from hyper_tasks.data import p3_templates
 from hyper_tasks.data import registry
 from hyper_tasks.data import sources
 from hyper_tasks.data import vocab as vocab_lib
@@ -74,103 +78,23 @@ _RENDER_BLOCK = 64
 _SCORE_EVAL_SHUFFLE = 1000
 
 
-@dataclasses.dataclass(frozen=True)
-class RowReader:
-  """Reads a P3Dataset's rows from local jsonl, or ``datasets`` if allowed."""
-  dataset: p3.P3Dataset
-  data_dir: Optional[str]
-  use_hf_datasets: bool = False
+def t0_rate(num_rows: int, num_templates: int,
+            max_examples: int = 500_000) -> int:
+  """T0's mixing rate of each template task of a dataset (its example cap).
 
-  def _path(self, split: str) -> Optional[str]:
-    if not self.data_dir:
-      return None
-    return p3.find_data_file(self.data_dir, self.dataset,
-                             self.dataset.hf_split(split))
-
-  def available_splits(self) -> tuple[str, ...]:
-    return tuple(s for s, _ in self.dataset.splits
-                 if self._path(s) or self.use_hf_datasets)
-
-  def rows(self, split: str, shard_index: int = 0,
-           num_shards: int = 1) -> Iterator[tuple[int, dict]]:
-    """(row index, row) in file order, every ``num_shards``-th row."""
-    path = self._path(split)
-    if path:
-      yield from p3.iter_jsonl(path, shard_index, num_shards)
-      return
-    for index, row in enumerate(self._hf_rows(split)):
-      if index % num_shards == shard_index:
-        yield index, row
-
-  def _hf_rows(self, split: str) -> list[dict]:
-    rows = _hf_rows_cached(self.dataset, self.dataset.hf_split(split))
-    if rows is None:
-      raise FileNotFoundError(
-          f"No local data for {self.dataset.task_key}/{split} under "
-          f"{self.data_dir!r} and the `datasets` package is not installed.")
-    return rows
-
-  def rows_at(self, split: str, indices: Sequence[int]) -> list[dict]:
-    """The rows with these indices (``rows``' numbering), in the given order."""
-    path = self._path(split)
-    if path:
-      offsets = _line_offsets(path)
-      out = []
-      with open(path, "rb") as f:
-        for index in indices:
-          f.seek(int(offsets[index]))
-          # The line up to the first universal newline, as text mode reads it.
-          line = f.readline().splitlines()[0]
-          out.append(json.loads(line.decode("utf-8")))
-      return out
-    rows = self._hf_rows(split)
-    return [rows[int(i)] for i in indices]
-
-  def num_rows(self, split: str, strict: bool = False) -> int:
-    """Rows of ``split``; 0 without data unless ``strict`` (then it raises)."""
-    path = self._path(split)
-    if path:
-      return len(_line_offsets(path))
-    if strict:
-      return len(self._hf_rows(split))
-    rows = _hf_rows_cached(self.dataset, self.dataset.hf_split(split))
-    return len(rows or ())
-
-
-@functools.lru_cache(maxsize=None)
-def _line_offsets(path: str) -> np.ndarray:
-  """Byte offset of each row of a jsonl file, numbered as ``p3.iter_jsonl``.
-
-  Rows are the non-blank lines of the file read in text mode (universal
-  newlines: ``\\n``, ``\\r\\n`` and a lone ``\\r`` end a line). One pass over
-  the file, shared by the templates of a dataset; it also counts the rows.
+  As in T0's seqio tasks: a dataset with at most ``max_examples`` training rows
+  contributes all of them through every template; a larger one is capped at
+  ``max_examples`` in all, ``max_examples // num_templates`` per template.
   """
-  offsets = array.array("q")
-  position = 0
-  with open(path, "rb") as f:
-    for raw in f:
-      # A lone \r splits a line in text mode; bytes.splitlines splits there too.
-      pieces = raw.splitlines(keepends=True) if b"\r" in raw else (raw,)
-      for piece in pieces:
-        stripped = piece.strip()
-        # str.strip also drops non-ASCII whitespace: decode the rare line whose
-        # first non-space byte is not JSON's opening brace.
-        if stripped and (stripped[:1] in (b"{", b"[") or
-                         piece.decode("utf-8").strip()):
-          offsets.append(position)
-        position += len(piece)
-  offsets = np.frombuffer(offsets, dtype=np.int64)
-  return offsets.astype(np.uint32) if position < 2 ** 32 else offsets.copy()
-
-
-@functools.lru_cache(maxsize=16)
-def _hf_rows_cached(dataset: p3.P3Dataset, hf_split: str):
-  return p3.hf_rows(dataset, hf_split)
+  if num_rows > max_examples:
+    return max_examples // max(num_templates, 1)
+  return num_rows
 
 
 @functools.lru_cache(maxsize=256)
-def _shot_pool(reader: RowReader, template: p3.Template, split: str,
-               max_pool: int) -> tuple[tuple[int, p3.Rendered], ...]:
+def _shot_pool(reader: p3_rows.RowReader, template: p3_templates.Template,
+               split: str, max_pool: int
+               ) -> tuple[tuple[int, p3.Rendered], ...]:
   """The first ``max_pool`` renderable rows of ``split`` (candidate shots)."""
   pool = []
   for index, row in reader.rows(split):
@@ -185,14 +109,14 @@ def _shot_pool(reader: RowReader, template: p3.Template, split: str,
 @dataclasses.dataclass(frozen=True)
 class _TaskSpec:
   """Everything one registered P3 task renders."""
-  reader: RowReader
-  template: p3.Template
+  reader: p3_rows.RowReader
+  template: p3_templates.Template
   score_eval: bool = False
   shots: int = 0
   shots_in_inputs: bool = False
   max_pool: int = 1000
   seed: int = 0
-  instruction: str = p3.INSTRUCTION_TEMPLATE
+  instruction: str = p3_instructions.INSTRUCTION_TEMPLATE
   few_shot_format: str = p3.FEW_SHOT_FLAN
 
   def _context(self, split: str) -> tuple:
@@ -203,8 +127,9 @@ class _TaskSpec:
       pool_split = "train" if "train" in splits else split
       same_split = pool_split == split
       pool = _shot_pool(self.reader, self.template, pool_split, self.max_pool)
-    instruction = (p3.template_instruction(self.template)
-                   if self.instruction == p3.INSTRUCTION_TEMPLATE else None)
+    instruction = None
+    if self.instruction == p3_instructions.INSTRUCTION_TEMPLATE:
+      instruction = p3_instructions.template_instruction(self.template)
     return pool, same_split, instruction
 
   @property
@@ -266,8 +191,9 @@ class _TaskSpec:
         columns.append(np.asarray([r[key] for r in records], dtype=np.int32))
     if self.score_eval:
       columns.append(_bytes_array(
-          [c for r in records for c in r[p3.ANSWER_CHOICES]]))
-      columns.append(np.asarray([len(r[p3.ANSWER_CHOICES]) for r in records],
+          [c for r in records for c in r[p3_templates.ANSWER_CHOICES]]))
+      columns.append(np.asarray([len(r[p3_templates.ANSWER_CHOICES])
+                                 for r in records],
                                 dtype=np.int64))
     return columns
 
@@ -285,9 +211,9 @@ class _TaskSpec:
     dtypes = [F.RECORD_SIGNATURE[k].dtype for k in keys]
     if self.score_eval:
       dtypes += [tf.string, tf.int64]
-    if self.instruction == p3.INSTRUCTION_TEMPLATE:
+    if self.instruction == p3_instructions.INSTRUCTION_TEMPLATE:
       # Derived (and any fallback logged) once, here, not in reader threads.
-      p3.template_instruction(self.template)
+      p3_instructions.template_instruction(self.template)
     # The shot pool is rendered at the first block and kept with the dataset
     # (not in _shot_pool's cache alone, which hundreds of tasks would cycle).
     context = []
@@ -305,8 +231,8 @@ class _TaskSpec:
       out = dict(zip(keys, columns))
       if self.score_eval:
         values, lengths = columns[len(keys):]
-        out[p3.ANSWER_CHOICES] = tf.RaggedTensor.from_row_lengths(
-            values, lengths, validate=False)
+        out[p3_templates.ANSWER_CHOICES] = (
+            tf.RaggedTensor.from_row_lengths(values, lengths, validate=False))
       return out
 
     # One block at a time, when the next example is wanted: a parallel map
@@ -362,24 +288,24 @@ def _count_skipped(name: str, skipped: int, total: int,
   p3.log_skipped(name, counts[0], counts[1])
 
 
-def _rate(reader: RowReader, num_templates: int, max_examples: int,
+def _rate(reader: p3_rows.RowReader, num_templates: int, max_examples: int,
           task: seqio.Task) -> float:
   """T0's mixing rate of one template task (rows are counted when mixing)."""
   del task
-  return float(p3.t0_rate(reader.num_rows("train"), num_templates,
+  return float(t0_rate(reader.num_rows("train"), num_templates,
                           max_examples))
 
 
-def _task_name(dataset: p3.P3Dataset, template: p3.Template,
+def _task_name(dataset: p3_rows.P3Dataset, template: p3_templates.Template,
                taken: set[str], suffix: str = "") -> str:
   """``p3_<dataset>_<template><suffix>``, unique among ``taken``.
 
   A dataset may be both trained on and held out (``suffix`` ``_score_eval``):
   its two tasks of one template keep the same stem.
   """
-  stem = f"p3_{dataset.task_key}_{p3.task_clean(template.name)}"
+  stem = f"p3_{dataset.task_key}_{p3_rows.task_clean(template.name)}"
   if stem + suffix in taken:  # Two template names that clean to one string.
-    stem = f"{stem}_{p3.task_clean(template.id)[:8]}"
+    stem = f"{stem}_{p3_rows.task_clean(template.id)[:8]}"
   taken.add(stem + suffix)
   return stem + suffix
 
@@ -395,14 +321,16 @@ def register_t0(templates_dir: str,
                 data_dir: Optional[str] = None,
                 vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
                 *,
-                train_datasets: Sequence[p3.P3Dataset] = p3.T0_TRAIN_DATASETS,
-                eval_datasets: Sequence[p3.P3Dataset] = p3.T0_EVAL_DATASETS,
+                train_datasets: Sequence[p3_rows.P3Dataset] = (
+                    p3_rows.T0_TRAIN_DATASETS),
+                eval_datasets: Sequence[p3_rows.P3Dataset] = (
+                    p3_rows.T0_EVAL_DATASETS),
                 shots: Sequence[int] = DEFAULT_SHOTS,
                 max_shot_pool: int = 1000,
                 use_hf_datasets: bool = False,
                 seed: int = 0,
                 max_examples_per_dataset: int = MAX_EXAMPLES_PER_DATASET,
-                instruction: str = p3.INSTRUCTION_TEMPLATE,
+                instruction: str = p3_instructions.INSTRUCTION_TEMPLATE,
                 few_shot_format: str = p3.FEW_SHOT_FLAN) -> list[str]:
   """Registers P3 tasks and the ``t0_*`` mixtures for datasets with data.
 
@@ -419,8 +347,9 @@ def register_t0(templates_dir: str,
     max_examples_per_dataset: T0's cap (per dataset, shared by its templates).
     instruction: what ``hyper_inputs`` holds: ``"template"`` (HINT's default)
       the template's prompt with its fields blanked, one instruction per
-      (dataset, template) (``p3.template_instruction``; a template that cannot
-      be blanked falls back, with a warning, to the per-example form);
+      (dataset, template) (``p3_instructions.template_instruction``; a
+      template that cannot be blanked falls back, with a warning, to the
+      per-example form);
       ``"prompt"`` each example's rendered prompt (the per-example form).
     few_shot_format: ``"flan"`` (HINT's FLAN-style exemplars, the default) or
       ``"newline"`` (``<prompt>\\n<target>`` blocks); see ``p3.format_shots``.
@@ -431,9 +360,9 @@ def register_t0(templates_dir: str,
   Raises:
     ValueError: an unknown ``instruction`` or ``few_shot_format``.
   """
-  if instruction not in p3.INSTRUCTIONS:
+  if instruction not in p3_instructions.INSTRUCTIONS:
     raise ValueError(f"Unknown P3 instruction {instruction!r}; use one of "
-                     f"{p3.INSTRUCTIONS}.")
+                     f"{p3_instructions.INSTRUCTIONS}.")
   if few_shot_format not in p3.FEW_SHOT_FORMATS:
     raise ValueError(f"Unknown few-shot format {few_shot_format!r}; use one "
                      f"of {p3.FEW_SHOT_FORMATS}.")
@@ -451,19 +380,20 @@ def register_t0(templates_dir: str,
   for score_eval, datasets in ((False, train_datasets),
                                (True, eval_datasets)):
     for dataset in datasets:
-      reader = RowReader(dataset, data_dir, use_hf_datasets)
+      reader = p3_rows.RowReader(dataset, data_dir, use_hf_datasets)
       splits = reader.available_splits()
       if score_eval:
         splits = tuple(s for s in splits if s == "validation")
       elif "train" not in splits:
         splits = ()
-      path = p3.template_path(templates_dir, dataset.name, dataset.subset)
+      path = p3_templates.template_path(templates_dir, dataset.name,
+                                        dataset.subset)
       if not splits or not os.path.exists(path):
         logging.debug("P3: skipping %s (templates or data missing).",
                       dataset.task_key)
         continue
-      templates = p3.load_templates(templates_dir, dataset.name,
-                                    dataset.subset)
+      templates = p3_templates.load_templates(templates_dir, dataset.name,
+                                              dataset.subset)
       if score_eval:
         templates = [t for t in templates if t.original_task]
       for template in templates:

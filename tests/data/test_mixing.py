@@ -4,8 +4,8 @@ pipeline mixes the records of text tasks and tokenizes once, after sampling;
 seqio's Mixture.get_dataset tokenizes every member task on its own. Both must give
 the same examples in the same order. P3 task sources shuffle row indices and
 render blocks of rows; they must give the records a shuffle of the rendered
-records would, and read rows as p3.iter_jsonl numbers them. The first batch of
-a P3 mixture must not render more than a few blocks per task.
+records would, and read rows as p3_rows.iter_jsonl numbers them. The first
+batch of a P3 mixture must not render more than a few blocks per task.
 """
 import json
 
@@ -15,8 +15,9 @@ import seqio
 import tensorflow as tf
 
 from hyper_tasks.data import features as F
-from hyper_tasks.data import p3
+from hyper_tasks.data import p3_rows
 from hyper_tasks.data import p3_tasks
+from hyper_tasks.data import p3_templates
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import registry
 from hyper_tasks.data import toy
@@ -50,8 +51,8 @@ templates:
     reference: ''
 """
 
-TOYDS = p3.P3Dataset("toyds", "sub")
-OTHER = p3.P3Dataset("otherds", "sub")
+TOYDS = p3_rows.P3Dataset("toyds", "sub")
+OTHER = p3_rows.P3Dataset("otherds", "sub")
 
 
 def _rows(n, offset=0):
@@ -186,7 +187,8 @@ def test_p3_source_serves_the_records_in_order(two_p3_datasets, name, split):
   served = _examples(spec.dataset_fn(split, False))
   if spec.score_eval:
     for r in records:
-      r[p3.ANSWER_CHOICES] = [c.encode() for c in r[p3.ANSWER_CHOICES]]
+      r[p3_templates.ANSWER_CHOICES] = [
+          c.encode() for c in r[p3_templates.ANSWER_CHOICES]]
   expected = [{k: v.encode() if isinstance(v, str) else v
                for k, v in r.items()} for r in records]
   assert served == expected
@@ -226,11 +228,11 @@ def test_jsonl_rows_are_numbered_as_iter_jsonl(tmp_path):
   # CRLF, blank lines, a lone CR, whitespace-only lines, no final newline.
   path.write_bytes(enc[0] + b"\r\n\r\n" + enc[1] + b"\r" + enc[2] +
                    b"\n  \t\n\xc2\xa0\n" + enc[3] + b"\n\n" + enc[4])
-  expected = list(p3.iter_jsonl(str(path)))
+  expected = list(p3_rows.iter_jsonl(str(path)))
   assert [r for _, r in expected] == rows
-  offsets = p3_tasks._line_offsets(str(path))
+  offsets = p3_rows._line_offsets(str(path))
   assert len(offsets) == len(rows)
-  reader = p3_tasks.RowReader(p3.P3Dataset("x"), str(tmp_path))
+  reader = p3_rows.RowReader(p3_rows.P3Dataset("x"), str(tmp_path))
   assert reader.num_rows("train") == len(rows)
   assert reader.rows_at("train", [4, 0, 2, 1, 3]) == [
       rows[4], rows[0], rows[2], rows[1], rows[3]]

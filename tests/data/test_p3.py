@@ -9,7 +9,10 @@ import tensorflow as tf
 
 from hyper_tasks.data import features as F
 from hyper_tasks.data import p3
+from hyper_tasks.data import p3_instructions
+from hyper_tasks.data import p3_rows
 from hyper_tasks.data import p3_tasks
+from hyper_tasks.data import p3_templates
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import registry
 
@@ -77,14 +80,14 @@ def toy_p3(tmp_path):
                         {"train": _rows(9), "validation": _rows(6, 100)})
 
 
-TOYDS = p3.P3Dataset("toyds", "sub")
+TOYDS = p3_rows.P3Dataset("toyds", "sub")
 
 
 # ----------------------------------------------------------------- rendering
 
 
 def test_load_templates_reads_promptsource_yaml(toy_p3):
-  templates = p3.load_templates(toy_p3[0], "toyds", "sub")
+  templates = p3_templates.load_templates(toy_p3[0], "toyds", "sub")
   assert [t.name for t in templates] == ["a topic", "generate", "is about"]
   by_name = {t.name: t for t in templates}
   assert by_name["is about"].original_task
@@ -95,7 +98,8 @@ def test_load_templates_reads_promptsource_yaml(toy_p3):
 
 
 def test_render_matches_hand_computed_prompts(toy_p3):
-  t = {x.name: x for x in p3.load_templates(toy_p3[0], "toyds", "sub")}
+  t = {x.name: x
+       for x in p3_templates.load_templates(toy_p3[0], "toyds", "sub")}
   row = {"sentence": "A cat sat.", "topic": "cats", "label": 1}
   r = p3.render(t["is about"], row)
   assert (r.prompt, r.target, r.choices) == (
@@ -112,7 +116,7 @@ def test_render_matches_hand_computed_prompts(toy_p3):
 
 
 def test_render_protects_pipes_and_hyphens_and_truncates():
-  template = p3.Template(name="t", jinja="{{ a_b }} ||| {{ c }}")
+  template = p3_templates.Template(name="t", jinja="{{ a_b }} ||| {{ c }}")
   r = p3.render(template, {"a-b": "x ||| y", "c": "z"})
   assert (r.prompt, r.target) == ("x ||| y", "z")
   long_text = "word " * 1000
@@ -124,13 +128,13 @@ def test_render_protects_pipes_and_hyphens_and_truncates():
 
 
 def test_choice_filter_is_seeded():
-  template = p3.Template(
+  template = p3_templates.Template(
       name="t", jinja="{{ options | choice }} ||| {{ options | choice }}")
   row = {"options": [str(i) for i in range(100)]}
   assert template.apply(row, seed=3) == template.apply(row, seed=3)
   renders = {tuple(template.apply(row, seed=s)) for s in range(5)}
   assert len(renders) > 1
-  frequent = p3.Template(name="f", jinja="{{ xs | most_frequent }}")
+  frequent = p3_templates.Template(name="f", jinja="{{ xs | most_frequent }}")
   assert frequent.apply({"xs": ["a", "b", "b", "a", "c"]}) == ["['a', 'b']"]
 
 
@@ -140,14 +144,14 @@ def test_choice_filter_is_seeded():
 def test_rank_classification_one_example_per_choice():
   records = [
       {**F.make_example("p0", "p0", "yes", "d", example_id="e0"),
-       p3.ANSWER_CHOICES: ["no", "yes", "maybe"]},
+       p3_templates.ANSWER_CHOICES: ["no", "yes", "maybe"]},
       {**F.make_example("p1", "p1", "no", "d", example_id="e1"),
-       p3.ANSWER_CHOICES: ["no", "yes"]},
+       p3_templates.ANSWER_CHOICES: ["no", "yes"]},
       {**F.make_example("p2", "p2", "x", "d", example_id="e2"),
-       p3.ANSWER_CHOICES: []},  # No choices: dropped.
+       p3_templates.ANSWER_CHOICES: []},  # No choices: dropped.
   ]
   signature = dict(F.RECORD_SIGNATURE)
-  signature[p3.ANSWER_CHOICES] = tf.TensorSpec([None], tf.string)
+  signature[p3_templates.ANSWER_CHOICES] = tf.TensorSpec([None], tf.string)
   ds = tf.data.Dataset.from_generator(lambda: iter(records),
                                       output_signature=signature)
   out = [F.decode_example(ex) for ex in
@@ -172,7 +176,7 @@ def test_rank_classification_one_example_per_choice():
     (12, 3, 10, 3),
 ])
 def test_t0_rate(rows, templates, cap, rate):
-  assert p3.t0_rate(rows, templates, cap) == rate
+  assert p3_tasks.t0_rate(rows, templates, cap) == rate
 
 
 def test_t0_train_mixture_applies_the_cap(tmp_path, clean_registry):
@@ -186,8 +190,8 @@ def test_t0_train_mixture_applies_the_cap(tmp_path, clean_registry):
   (tmp_path / "data" / "smallds").symlink_to(small / "data" / "smallds")
   names = p3_tasks.register_t0(
       templates_dir, data_dir,
-      train_datasets=(p3.P3Dataset("bigds", "sub"),
-                      p3.P3Dataset("smallds", "sub")),
+      train_datasets=(p3_rows.P3Dataset("bigds", "sub"),
+                      p3_rows.P3Dataset("smallds", "sub")),
       eval_datasets=(), shots=(), max_examples_per_dataset=10)
   assert "t0_train" in names
   mixture = seqio.get_mixture_or_task("t0_train")
@@ -290,7 +294,7 @@ def test_few_shot_same_split_pool_excludes_the_example(tmp_path,
   templates_dir, data_dir = _write_dataset(
       tmp_path, "evalonly", "sub", TEMPLATES_YAML,
       {"validation": _rows(4)})
-  dataset = p3.P3Dataset("evalonly", "sub")
+  dataset = p3_rows.P3Dataset("evalonly", "sub")
   p3_tasks.register_t0(templates_dir, data_dir, train_datasets=(),
                        eval_datasets=(dataset,), shots=(3,),
                        instruction="prompt", few_shot_format="newline")
@@ -317,12 +321,12 @@ def test_few_shot_concat_puts_shots_in_inputs(toy_p3, clean_registry):
 
 def test_format_shots_hand_written():
   shots = [p3.Rendered("Q1?", "A1", None), p3.Rendered("Q2?", "A2", None)]
-  record = p3.make_record(TOYDS, p3.Template("t", "x"),
+  record = p3.make_record(TOYDS, p3_templates.Template("t", "x"),
                           p3.Rendered("Q?", "A", None), "id", shots=shots,
                           shot_format="newline")
   assert record[F.HYPER_INPUTS] == "Q1?\nA1\n\nQ2?\nA2\n\nQ?"
   assert record[F.INPUTS] == "Q?"
-  record = p3.make_record(TOYDS, p3.Template("t", "x"),
+  record = p3.make_record(TOYDS, p3_templates.Template("t", "x"),
                           p3.Rendered("Q?", "A", None), "id", shots=shots,
                           shots_in_inputs=True, shot_format="newline")
   assert (record[F.HYPER_INPUTS], record[F.INPUTS]) == (
@@ -400,14 +404,15 @@ def test_real_template_files_all_parse(shared_data):
   count = 0
   for path in sorted(root.glob("**/templates.yaml")):
     rel = path.parent.relative_to(root).parts
-    count += len(p3.load_templates(str(root), rel[0],
-                                   rel[1] if len(rel) > 1 else None))
+    count += len(p3_templates.load_templates(
+        str(root), rel[0], rel[1] if len(rel) > 1 else None))
   assert count > 1000
   # Jinja compilation is slow (about 10 ms a template): T0's held-out sets only.
-  for dataset in p3.T0_EVAL_DATASETS:
-    if os.path.exists(p3.template_path(str(root), dataset.name,
-                                       dataset.subset)):
-      for t in p3.load_templates(str(root), dataset.name, dataset.subset):
+  for dataset in p3_rows.T0_EVAL_DATASETS:
+    if os.path.exists(p3_templates.template_path(str(root), dataset.name,
+                                                 dataset.subset)):
+      for t in p3_templates.load_templates(str(root), dataset.name,
+                                           dataset.subset):
         assert t._compiled is not None  # pylint: disable=protected-access
 
 
@@ -415,12 +420,15 @@ def test_real_template_files_all_parse(shared_data):
 
 
 def test_template_instructions_of_the_toy_templates(toy_p3):
-  t = {x.name: x for x in p3.load_templates(toy_p3[0], "toyds", "sub")}
-  assert p3.template_instruction(t["is about"]) == 'Is "[sentence]" about [topic]?'
+  t = {x.name: x
+       for x in p3_templates.load_templates(toy_p3[0], "toyds", "sub")}
+  assert p3_instructions.template_instruction(t["is about"]) == (
+      'Is "[sentence]" about [topic]?')
   # Answer choices are rendered over the same placeholders.
-  assert p3.template_instruction(t["a topic"]) == (
+  assert p3_instructions.template_instruction(t["a topic"]) == (
       "[sentence]\nTopic: [topic] or something else?")
-  assert p3.template_instruction(t["generate"]) == "Write a sentence about [topic]."
+  assert p3_instructions.template_instruction(t["generate"]) == (
+      "Write a sentence about [topic].")
 
 
 @pytest.mark.parametrize("jinja, choices, expected", [
@@ -449,8 +457,9 @@ def test_template_instructions_of_the_toy_templates(toy_p3):
      "(b) [answer_choices[1]]"),
 ])
 def test_blank_instruction_constructs(jinja, choices, expected):
-  template = p3.Template(name="t", jinja=jinja, answer_choices=choices)
-  assert p3.blank_instruction(template) == expected
+  template = p3_templates.Template(name="t", jinja=jinja,
+                                   answer_choices=choices)
+  assert p3_instructions.blank_instruction(template) == expected
 
 
 def test_unblankable_template_falls_back_to_the_prompt(tmp_path, caplog,
@@ -472,12 +481,13 @@ def test_unblankable_template_falls_back_to_the_prompt(tmp_path, caplog,
       """)
   templates_dir, data_dir = _write_dataset(tmp_path, "odd", "sub", yaml_text,
                                            {"validation": _rows(4)})
-  template = p3.load_templates(templates_dir, "odd", "sub")[0]
+  template = p3_templates.load_templates(templates_dir, "odd", "sub")[0]
   with caplog.at_level("WARNING"):
-    assert p3.template_instruction(template) is None
+    assert p3_instructions.template_instruction(template) is None
   assert "'other topics'" in caplog.text and "odd/sub" in caplog.text
   p3_tasks.register_t0(templates_dir, data_dir, train_datasets=(),
-                       eval_datasets=(p3.P3Dataset("odd", "sub"),), shots=())
+                       eval_datasets=(p3_rows.P3Dataset("odd", "sub"),),
+                       shots=())
   records = pipeline.load_examples("p3_odd_sub_other_topics_score_eval",
                                    "validation")
   assert len(records) == 8
@@ -506,25 +516,26 @@ def test_template_instruction_is_the_default(toy_p3, clean_registry):
 def test_flan_few_shot_format_hand_written():
   shots = [p3.Rendered("Q1?", "A1", None), p3.Rendered("Q2?", "A2", None)]
   rendered = p3.Rendered("Q?", "A", None)
-  flan = p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+  template = p3_templates.Template("t", "x")
+  flan = p3.make_record(TOYDS, template, rendered, "id",
                         shots=shots, instruction="Answer [q].")
   # HINT's FLAN-style exemplars before the instruction; " X" after the query.
   assert flan[F.HYPER_INPUTS] == (
       "0 Q1? X 1 A1 X 0 Q2? X 1 A2 X  Definition: Answer [q].")
   assert flan[F.INPUTS] == "Q? X"
-  newline = p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+  newline = p3.make_record(TOYDS, template, rendered, "id",
                            shots=shots, instruction="Answer [q].",
                            shot_format="newline")
   assert newline[F.HYPER_INPUTS] == "Q1?\nA1\n\nQ2?\nA2\n\nAnswer [q]."
   assert newline[F.INPUTS] == "Q?"
-  concat = p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+  concat = p3.make_record(TOYDS, template, rendered, "id",
                           shots=shots, shots_in_inputs=True,
                           instruction="Answer [q].")
   assert (concat[F.HYPER_INPUTS], concat[F.INPUTS]) == (
       "", "0 Q1? X 1 A1 X 0 Q2? X 1 A2 X  Definition: Q? X")
   # Zero-shot records are the same in both formats.
-  assert (p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id") ==
-          p3.make_record(TOYDS, p3.Template("t", "x"), rendered, "id",
+  assert (p3.make_record(TOYDS, template, rendered, "id") ==
+          p3.make_record(TOYDS, template, rendered, "id",
                          shot_format="newline"))
 
 
@@ -555,16 +566,17 @@ def test_real_held_out_templates_give_one_instruction_per_task(
   root = str(shared_data / "p3" / "promptsource_templates")
   data = str(shared_data / "p3")
   # Every example of every COPA / WSC template: one instruction per template.
-  for dataset in (p3.P3Dataset("super_glue", "copa"),
-                  p3.P3Dataset("super_glue", "wsc.fixed", aliases=("wsc",))):
-    path = p3.find_data_file(data, dataset, "validation")
-    rows = [row for _, row in p3.iter_jsonl(path)]
-    templates = [t for t in p3.load_templates(root, dataset.name,
-                                              dataset.subset)
+  for dataset in (p3_rows.P3Dataset("super_glue", "copa"),
+                  p3_rows.P3Dataset("super_glue", "wsc.fixed",
+                                    aliases=("wsc",))):
+    path = p3_rows.find_data_file(data, dataset, "validation")
+    rows = [row for _, row in p3_rows.iter_jsonl(path)]
+    templates = [t for t in p3_templates.load_templates(root, dataset.name,
+                                                        dataset.subset)
                  if t.original_task]
     assert len(templates) >= 10
     for template in templates:
-      instruction = p3.template_instruction(template)
+      instruction = p3_instructions.template_instruction(template)
       assert instruction and "[" in instruction, template.name
       hyper = set()
       for i, row in enumerate(rows):
@@ -588,16 +600,17 @@ def test_real_held_out_templates_give_one_instruction_per_task(
 
 
 def test_real_template_files_derive_instructions(shared_data):
-  """Derives every promptsource 0.2.3 template's instruction (p3.py docstring)."""
+  """Derives every promptsource 0.2.3 template's instruction (p3_instructions.py
+  docstring)."""
   root = shared_data / "p3" / "promptsource_templates"
   ok = total = 0
   for path in sorted(root.glob("**/templates.yaml")):
     rel = path.parent.relative_to(root).parts
-    for t in p3.load_templates(str(root), rel[0],
-                               rel[1] if len(rel) > 1 else None):
+    for t in p3_templates.load_templates(
+        str(root), rel[0], rel[1] if len(rel) > 1 else None):
       total += 1
       try:
-        ok += bool(p3.blank_instruction(t))
+        ok += bool(p3_instructions.blank_instruction(t))
       except Exception:  # pylint: disable=broad-except
         pass
   assert total == 2085

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hyper_tasks.data import features as F
-from hyper_tasks.data import p3
+from hyper_tasks.data import p3_rows
 from hyper_tasks.data import p3_tasks
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import register as register_lib
@@ -24,7 +24,7 @@ from tests.evaluation import evallib
 LENGTHS = {"hyper_inputs": 160, "inputs": 96, "targets": 48}
 BATCH = 8
 EXAMPLES = 3  # Per template.
-COPA = p3.P3Dataset("super_glue", "copa")
+COPA = p3_rows.P3Dataset("super_glue", "copa")
 TEMPLATES = ("exercise", "best_option", "i_am_hesitating")
 NAMES = [f"p3_super_glue_copa_{t}_score_eval" for t in TEMPLATES]
 
