@@ -13,6 +13,12 @@ every call (seqio shuffles with the seed, mixtures sample with it, tf.data keeps
 order), so a trainer resumes by skipping batches (``start_batch``). Sharding
 (``shard_id`` / ``num_shards``) is by example, before shuffling.
 
+Pieces: task_datasets.py (a task's or mixture's tokenized examples, text
+mixtures tokenized after sampling), instruction_groups.py (batches whose
+consecutive examples share an instruction), converters.py (examples -> model
+features). Here: names and splits, the batched ``tf.data`` pipeline and its
+iterator, plain-Python examples, tokenization for evaluation.
+
 Names are resolved against seqio's registries. If a name is unknown, the embedded
 default is registered (it needs nothing) and the lookup retried, so the CPU demo
 works without an explicit ``register_all()``; any other source must be registered
@@ -26,7 +32,7 @@ import itertools
 import json
 import logging
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence
 import weakref
 
 import numpy as np
@@ -35,12 +41,13 @@ import tensorflow as tf
 
 from hyper_tasks.data import converters
 from hyper_tasks.data import features as F
-from hyper_tasks.data import preprocessors as P
+from hyper_tasks.data import instruction_groups
 from hyper_tasks.data import register
 from hyper_tasks.data import registry
+from hyper_tasks.data import task_datasets
 from hyper_tasks.data import vocab as vocab_lib
 
-Provider = Union[seqio.Task, seqio.Mixture]
+Provider = task_datasets.Provider
 
 # Lengths used when a caller gives none (load_examples of token-level tasks).
 DEFAULT_SEQUENCE_LENGTHS = {F.HYPER_INPUTS: 512, F.INPUTS: 512, F.TARGETS: 128}
@@ -108,207 +115,6 @@ def threadpool_size() -> int:
   return max(MIN_THREADPOOL_SIZE, os.cpu_count() or 1)
 
 
-def _task_dataset(provider: Provider, split: str,
-                  sequence_lengths: Mapping[str, int], *, shuffle: bool,
-                  seed: Optional[int], num_epochs: Optional[int],
-                  shard_info: Optional[seqio.ShardInfo],
-                  passthrough: Sequence[str] = (),
-                  text_level: bool = True) -> tf.data.Dataset:
-  """Untrimmed tokenized examples of a task or mixture.
-
-  A mixture of text tasks is mixed before tokenization (``_text_mixture``, the
-  same examples in the same order as seqio's ``Mixture.get_dataset``) unless
-  ``text_level`` is False.
-  """
-  kwargs = dict(sequence_length=sequence_lengths, split=split, shuffle=shuffle,
-                seed=seed, shard_info=shard_info, num_epochs=num_epochs,
-                trim_output_features=False)
-  if isinstance(provider, seqio.Mixture):
-    tasks = _text_mixture_tasks(provider, split) if text_level else None
-    if tasks:
-      return _text_mixture(provider, tasks, split, sequence_lengths,
-                           shuffle=shuffle, seed=seed, num_epochs=num_epochs,
-                           shard_info=shard_info, passthrough=passthrough)
-    return provider.get_dataset(passthrough_features=list(passthrough),
-                                log_mixing_proportions=False, **kwargs)
-  return provider.get_dataset(**kwargs)
-
-
-# Mixing text before tokenization.
-#
-# seqio's Mixture.get_dataset builds every member task's whole pipeline (source,
-# repeat, tokenization, shuffle, prefetch) and samples from them. Our text tasks
-# tokenize last, with one preprocessor and one vocabulary for all of them, so the
-# tokenizer can run once, after sampling, on the sampled records. Nothing else
-# changes: shuffles and the sampler draw the same random numbers whatever the
-# examples hold, and tokenization maps each example on its own, so the examples
-# and their order are seqio's (tests/data/test_mixing.py compares both).
-#
-# Per member task that saves a tokenization graph (about 0.25 s to build and
-# more to instantiate; each embeds its own copy of the SentencePiece model), the
-# wait for a 128-example tokenization mini-batch of that task before its first
-# example (16 epochs of an 8-row task), and a prefetch that kept the task's
-# source running in the background. For T0's ~300 template tasks that was
-# minutes before the first batch.
-
-
-def _text_mixture_tasks(mixture: seqio.Mixture,
-                        split: str) -> Optional[list[seqio.Task]]:
-  """The member tasks with ``split`` if the mixture can be mixed as text.
-
-  That is: a plain ``seqio.Mixture`` whose tasks are not cached, end with the
-  same batched tokenizer (``preprocessors.tokenize_batched``) and no other, and
-  have equal output features. None otherwise (seqio's path).
-  """
-  if type(mixture) is not seqio.Mixture:  # pylint: disable=unidiomatic-typecheck
-    return None
-  tasks = [t for t in mixture.tasks if split in t.splits]
-  if not tasks:
-    return None
-  tokenizer = tasks[0].preprocessors[-1] if tasks[0].preprocessors else None
-  if tokenizer is None or not _is_batched_tokenizer(tokenizer):
-    return None
-  for task in tasks:
-    preps = task.preprocessors
-    if (task.supports_caching or not preps or preps[-1] is not tokenizer
-        or any(_is_tokenizer(p) for p in preps[:-1])
-        or task.output_features != tasks[0].output_features):
-      return None
-  return tasks
-
-
-def _is_batched_tokenizer(prep) -> bool:
-  return getattr(prep, "func", prep) is P.tokenize_batched
-
-
-def _task_text(task: seqio.Task, split: str,
-               sequence_lengths: Mapping[str, int], *, shuffle: bool,
-               seed: Optional[int], num_epochs: Optional[int],
-               shard_info: Optional[seqio.ShardInfo]) -> tf.data.Dataset:
-  """``task.get_dataset`` (uncached, untrimmed) without its tokenizer, the
-  validation that follows it and the final prefetch."""
-  source = task.source
-  at_source = (source.supports_arbitrary_sharding or shard_info is None or
-               len(source.list_shards(split=split)) >= shard_info.num_shards)
-  if at_source:
-    ds = source.get_dataset(split=split, shuffle=shuffle, seed=seed,
-                            shard_info=shard_info)
-  else:
-    ds = source.get_dataset(split=split, shuffle=shuffle, seed=seed)
-    ds = ds.shard(shard_info.num_shards, shard_info.index)
-  num_shards = shard_info.num_shards if shard_info else 1
-  num_examples = source.num_input_examples(split)
-  max_cached = getattr(seqio.dataset_providers, "_MAX_EXAMPLES_TO_MEM_CACHE",
-                       10_000)
-  if num_examples and num_examples < max_cached * num_shards:
-    ds = ds.cache()
-  if num_epochs != 1:
-    ds = ds.repeat(num_epochs)
-  with seqio.utils.map_seed_manager(seed):
-    ds = task._preprocess_dataset(  # pylint: disable=protected-access
-        ds, task.preprocessors[:-1], sequence_length=sequence_lengths)
-  if shuffle:
-    if task.shuffle_buffer_size is None:
-      if not source.performs_internal_shuffling:
-        raise ValueError(
-            f"Shuffling is disallowed for Task '{task.name}' since its "
-            "`shuffle_buffer_size` was set to `None` on construction.")
-    else:
-      ds = ds.shuffle(task.shuffle_buffer_size, seed=seed)
-  return ds
-
-
-def _text_mixture(mixture: seqio.Mixture, tasks: Sequence[seqio.Task],
-                  split: str, sequence_lengths: Mapping[str, int], *,
-                  shuffle: bool, seed: Optional[int],
-                  num_epochs: Optional[int],
-                  shard_info: Optional[seqio.ShardInfo],
-                  passthrough: Sequence[str] = ()) -> tf.data.Dataset:
-  """``mixture.get_dataset`` (untrimmed) with tokenization after sampling."""
-  mixture._check_compatible_features()  # pylint: disable=protected-access
-  for task in mixture.tasks:
-    if split not in task.splits:
-      logging.warning("Task %s has no '%s' split, skipping.", task.name, split)
-  keep = set(tasks[0].output_features) | set(passthrough)
-
-  def filter_features(ex):
-    return {k: v for k, v in ex.items() if k in keep}
-
-  datasets = []
-  for task in tasks:
-    try:
-      datasets.append(_task_text(
-          task, split, sequence_lengths, shuffle=shuffle, seed=seed,
-          num_epochs=num_epochs, shard_info=shard_info))
-    except:
-      logging.error("Failed to load task '%s' as part of mixture '%s'",
-                    task.name, mixture.name)
-      raise
-  # Tasks with one record structure are filtered once, after tokenization
-  # (as seqio filters each task's tokenized examples).
-  if any(d.element_spec != datasets[0].element_spec for d in datasets):
-    datasets = [d.map(filter_features, num_parallel_calls=tf.data.AUTOTUNE)
-                for d in datasets]
-  rates = mixture._get_all_mixing_rates(tasks)  # pylint: disable=protected-access
-  if seed is not None:
-    sample_seed = seed
-  elif shuffle:
-    sample_seed = None
-  else:
-    sample_seed = 42
-  ds = mixture._sample_fn(datasets, rates, sample_seed)  # pylint: disable=protected-access
-  first = tasks[0]
-  with seqio.utils.map_seed_manager(seed):
-    ds = first._preprocess_dataset(  # pylint: disable=protected-access
-        ds, first.preprocessors[-1:], sequence_length=sequence_lengths)
-  ds = first._validate_preprocessing(ds)  # pylint: disable=protected-access
-  return ds.map(filter_features, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _check_group_size(group: int, batch_size: int, pack: bool) -> int:
-  group = int(group)
-  if group < 1 or batch_size % group:
-    raise ValueError(f"instruction_group_size={group} must be >= 1 and divide "
-                     f"batch_size={batch_size}.")
-  if group > 1 and pack:
-    raise ValueError("instruction_group_size > 1 cannot be combined with packing "
-                     "(packed rows mix instructions).")
-  return group
-
-
-def group_instructions(ds: tf.data.Dataset, group_size: int,
-                       hyper_length: int) -> tf.data.Dataset:
-  """Reorders a stream so every ``group_size`` consecutive examples share an
-  instruction (their ``hyper_inputs`` truncated to ``hyper_length`` tokens).
-
-  Examples wait in a per-instruction window until ``group_size`` of them have
-  arrived, so the order stays shuffled across instructions and deterministic.
-  A finite stream ends with the partial windows flushed (smaller groups); batches
-  that straddle them fail :func:`dedupe_instructions`' check.
-  """
-  def key(ex):
-    tokens = ex[F.HYPER_INPUTS][:hyper_length]
-    text = tf.strings.reduce_join(tf.strings.as_string(tokens), separator=" ")
-    return tf.strings.to_hash_bucket_fast(text, 2 ** 62)
-
-  return ds.group_by_window(key_func=key, reduce_func=lambda _, window: window,
-                            window_size=group_size)
-
-
-def dedupe_instructions(batch: dict, group_size: int) -> dict:
-  """``hyper_encoder_input_tokens`` ``[B, Lh]`` -> ``[B / g, Lh]``, one row per
-  group of ``g`` consecutive examples (the layout ``Transformer`` expands with
-  ``Adaptation.repeat``). Fails if a group holds different instructions."""
-  tokens = batch[F.HYPER_ENCODER_INPUT_TOKENS]
-  groups = tf.reshape(tokens, [-1, group_size, tf.shape(tokens)[-1]])
-  tf.debugging.assert_equal(
-      groups, tf.broadcast_to(groups[:, :1], tf.shape(groups)),
-      message=f"instruction_group_size={group_size}: a group of consecutive "
-              "examples holds different instructions (a partial group at the end "
-              "of a finite dataset?)")
-  return {**batch, F.HYPER_ENCODER_INPUT_TOKENS: groups[:, 0]}
-
-
 def get_tf_dataset(
     name: str,
     split: Optional[str] = None,
@@ -326,15 +132,18 @@ def get_tf_dataset(
   """``get_dataset`` as a batched ``tf.data.Dataset`` and its truncation counter."""
   lengths = converters.check_sequence_lengths(
       sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
-  group = _check_group_size(instruction_group_size, batch_size, pack)
+  group = instruction_groups.check_group_size(instruction_group_size,
+                                              batch_size, pack)
   provider = get_provider(name)
   split = _resolve_split(name, split)
   shard_info = (seqio.ShardInfo(index=shard_id, num_shards=num_shards)
                 if num_shards > 1 else None)
-  ds = _task_dataset(provider, split, lengths, shuffle=shuffle, seed=seed,
-                     num_epochs=num_epochs, shard_info=shard_info)
+  ds = task_datasets.task_dataset(provider, split, lengths, shuffle=shuffle,
+                                  seed=seed, num_epochs=num_epochs,
+                                  shard_info=shard_info)
   if group > 1:
-    ds = group_instructions(ds, group, lengths[F.HYPER_INPUTS])
+    ds = instruction_groups.group_instructions(ds, group,
+                                               lengths[F.HYPER_INPUTS])
   converter = converters.HyperEncDecFeatureConverter(pack=pack)
   if pack:
     ds = converter(ds, lengths)
@@ -343,7 +152,8 @@ def get_tf_dataset(
     # Same batches as converting example by example, several times faster.
     ds = converter.convert_batched(ds, lengths, batch_size, drop_remainder)
   if group > 1:
-    ds = ds.map(functools.partial(dedupe_instructions, group_size=group),
+    ds = ds.map(functools.partial(instruction_groups.dedupe_instructions,
+                                  group_size=group),
                 num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
@@ -498,36 +308,19 @@ def load_examples(name: str, split: Optional[str] = None,
     if remaining is not None and remaining <= 0:
       break
     if registry.is_text_level(task.name):
-      ds = _text_dataset(task, split)
+      ds = task_datasets.text_dataset(task, split)
       decode = F.decode_example
     else:
       lengths = converters.check_sequence_lengths(
           sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
-      ds = _task_dataset(task, split, lengths, shuffle=False, seed=None,
-                         num_epochs=1, shard_info=None)
+      ds = task_datasets.task_dataset(task, split, lengths, shuffle=False,
+                                      seed=None, num_epochs=1, shard_info=None)
       vocabulary = task.output_features[F.TARGETS].vocabulary
       decode = lambda ex, v=vocabulary: _decode_tokens(ex, v)
     if remaining is not None:
       ds = ds.take(remaining)
     out.extend(decode(ex) for ex in ds.as_numpy_iterator())
   return out
-
-
-def _text_dataset(task: seqio.Task, split: str) -> tf.data.Dataset:
-  """A task's examples after its text-level preprocessors, unshuffled."""
-  ds = task.source.get_dataset(split=split, shuffle=False)
-  for prep in task.preprocessors:
-    if _is_tokenizer(prep):
-      break
-    ds = prep(ds)
-  return ds
-
-
-def _is_tokenizer(prep) -> bool:
-  fn = getattr(prep, "func", prep)
-  return fn in (P.tokenize_batched, seqio.preprocessors.tokenize,
-                seqio.preprocessors.tokenize_and_append_eos,
-                seqio.preprocessors.append_eos)
 
 
 def _decode_tokens(example: Mapping[str, Any],

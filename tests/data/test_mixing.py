@@ -20,6 +20,7 @@ from hyper_tasks.data import p3_tasks
 from hyper_tasks.data import p3_templates
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import registry
+from hyper_tasks.data import task_datasets
 from hyper_tasks.data import toy
 
 LENGTHS = {F.HYPER_INPUTS: 64, F.INPUTS: 32, F.TARGETS: 16}
@@ -104,9 +105,9 @@ def _both_paths(name, split, n=None, **kwargs):
   provider = pipeline.get_provider(name)
   kwargs = dict(dict(shuffle=True, seed=0, num_epochs=None, shard_info=None),
                 **kwargs)
-  text = pipeline._task_dataset(provider, split, LENGTHS, **kwargs)
-  seqio_path = pipeline._task_dataset(provider, split, LENGTHS,
-                                      text_level=False, **kwargs)
+  text = task_datasets.task_dataset(provider, split, LENGTHS, **kwargs)
+  seqio_path = task_datasets.task_dataset(provider, split, LENGTHS,
+                                          text_level=False, **kwargs)
   assert text.element_spec == seqio_path.element_spec
   return _examples(text, n), _examples(seqio_path, n)
 
@@ -127,7 +128,7 @@ def _both_paths(name, split, n=None, **kwargs):
 def test_p3_mixture_as_text_equals_seqio(two_p3_datasets, name, split,
                                          kwargs):
   provider = pipeline.get_provider(name)
-  assert pipeline._text_mixture_tasks(provider, split)
+  assert task_datasets.text_mixture_tasks(provider, split)
   text, seqio_path = _both_paths(name, split, n=150, **kwargs)
   assert len(text) >= 10
   assert text == seqio_path

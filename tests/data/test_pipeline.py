@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from hyper_tasks.data import features as F
+from hyper_tasks.data import instruction_groups
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import register
 from hyper_tasks.data import registry
@@ -128,11 +129,11 @@ def test_instruction_group_errors(toy_registered):
                          instruction_group_size=2)
   mixed = {F.HYPER_ENCODER_INPUT_TOKENS: np.array([[5, 6], [5, 6], [5, 7], [5, 6]],
                                                   np.int32)}
-  out = pipeline.dedupe_instructions(
+  out = instruction_groups.dedupe_instructions(
       {F.HYPER_ENCODER_INPUT_TOKENS: mixed[F.HYPER_ENCODER_INPUT_TOKENS][:2]}, 2)
   np.testing.assert_array_equal(out[F.HYPER_ENCODER_INPUT_TOKENS], [[5, 6]])
   with pytest.raises(Exception, match="holds different instructions"):
-    pipeline.dedupe_instructions(mixed, 2)
+    instruction_groups.dedupe_instructions(mixed, 2)
 
 
 def test_register_all_is_idempotent(clean_registry):
