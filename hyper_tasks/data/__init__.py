@@ -1,7 +1,9 @@
 """Data: seqio tasks and mixtures for hypernetwork instruction tuning.
 
 Sources (each registers seqio tasks on request, never at import time):
-  sni.py / sni_tasks.py   Super-NaturalInstructions files -> ``sni_<format>_<split>``
+  sni.py / sni_formats.py / sni_tasks.py
+                          Super-NaturalInstructions files (reader, formats,
+                          seqio tasks) -> ``sni_<format>_<split>``
   p3_*.py / p3_tasks.py   promptsource templates over local datasets -> ``t0_*``
                           (p3_templates: templates; p3_instructions and
                           p3_placeholders: template instructions; p3_rows:

@@ -1,7 +1,9 @@
-"""seqio registration of Super-NaturalInstructions formats (reader: sni.py).
+"""seqio registration of Super-NaturalInstructions formats.
 
-For a directory in the official layout and each format ``<fmt>`` (sni.py), with
-``<prefix>`` ``sni`` (or ``esni`` for the embedded tasks):
+Reader: sni.py; formats: sni_formats.py.
+
+For a directory in the official layout and each format ``<fmt>``
+(sni_formats.py), with ``<prefix>`` ``sni`` (or ``esni`` for the embedded tasks):
 
   task ``<prefix>_<fmt>_train``  tasks of ``train_tasks.txt``; splits ``train``
                                 (100 sampled instances per task) and
@@ -17,7 +19,7 @@ configuration, whichever formats use them.
 
 ``demonstration_budget`` (e.g. ``%TASK_FEATURE_LENGTHS``, bound by the SNI
 experiments) turns on Tk-Instruct's rule of dropping demonstrations that do not fit
-(sni.py), counted with the task's vocabulary.
+(sni_formats.py), counted with the task's vocabulary.
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ import gin
 
 from hyper_tasks.data import registry
 from hyper_tasks.data import sni
+from hyper_tasks.data import sni_formats
 from hyper_tasks.data import sources
 from hyper_tasks.data import vocab as vocab_lib
 
 EMBEDDED_SNI_DIR = os.path.join(os.path.dirname(__file__), "embedded", "sni")
-# Features whose length can bound the demonstrations (sni.format_instance).
+# Features whose length can bound the demonstrations (sni_formats.format_instance).
 BUDGET_FEATURES = ("hyper_inputs", "inputs")
 # vocabulary_key -> vocabulary, for counting tokens inside the cached builders.
 _VOCABULARIES: dict = {}
@@ -55,8 +58,8 @@ def _load(sni_dir: str, which: str, split_name: str, max_instances: int,
 def _records(load_args: tuple, which: str, fmt_name: str, validation: bool,
              budget: tuple = (), vkey: str = "") -> tuple[dict, ...]:
   tasks = _load(load_args[0], which, *load_args[1:])
-  counter = sni.token_counter(_VOCABULARIES[vkey]) if budget else None
-  return tuple(sni.format_tasks(tasks, sni.parse_format(fmt_name),
+  counter = sni_formats.token_counter(_VOCABULARIES[vkey]) if budget else None
+  return tuple(sni_formats.format_tasks(tasks, sni_formats.parse_format(fmt_name),
                                 validation=validation, budget=dict(budget) or None,
                                 count_tokens=counter))
 
@@ -90,7 +93,7 @@ def register_sni(sni_dir: str,
                  vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
                  *,
                  prefix: str = "sni",
-                 formats: Sequence[str] = sni.DEFAULT_FORMATS,
+                 formats: Sequence[str] = sni_formats.DEFAULT_FORMATS,
                  split_name: str = "default",
                  max_instances_per_task: int = sni.DEFAULT_MAX_INSTANCES,
                  max_validation_per_task: int = sni.DEFAULT_MAX_VALIDATION,
@@ -107,7 +110,7 @@ def register_sni(sni_dir: str,
     sni_dir: SNI root (``tasks/``, ``splits/<split_name>/``).
     vocabulary: ``"byte"``, a SentencePiece path, or a seqio vocabulary.
     prefix: name prefix.
-    formats: format names (sni.parse_format).
+    formats: format names (sni_formats.parse_format).
     split_name: folder under ``splits/``.
     max_instances_per_task: instances per task, train and test.
     max_validation_per_task: validation instances per train task.
@@ -121,7 +124,7 @@ def register_sni(sni_dir: str,
       already shuffles the whole split).
     demonstration_budget: token budgets by feature (``hyper_inputs``, ``inputs``;
       e.g. the task feature lengths): demonstrations that do not fit are dropped
-      whole, as Tk-Instruct does (sni.py). None: every demonstration is kept and
+      whole, as Tk-Instruct does (sni_formats.py). None: every demonstration is kept and
       the feature converter truncates.
 
   Returns:
@@ -143,7 +146,7 @@ def register_sni(sni_dir: str,
   budget = budget_items(demonstration_budget)
   names = []
   for fmt_name in formats:
-    sni.parse_format(fmt_name)  # Validate the name now.
+    sni_formats.parse_format(fmt_name)  # Validate the name now.
     members = []
     for which, splits in (("train", ("train", "validation")),
                           ("test", ("test",))):
@@ -173,5 +176,5 @@ def register_embedded_sni(
   leaving the rest of each train task for validation.
   """
   return register_sni(EMBEDDED_SNI_DIR, vocabulary, prefix="esni",
-                      formats=formats or sni.DEFAULT_FORMATS,
+                      formats=formats or sni_formats.DEFAULT_FORMATS,
                       max_instances_per_task=20)

@@ -10,6 +10,7 @@ import seqio
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
 from hyper_tasks.data import sni
+from hyper_tasks.data import sni_formats
 from hyper_tasks.data import sni_tasks
 
 DEF = "Definition: Answer with the capital city of the given country.\n\n"
@@ -51,8 +52,8 @@ def task_path(tmp_path, sni_task):
 @pytest.mark.parametrize("fmt_name", sorted(EXPECTED))
 def test_formats_match_hand_written_strings(task_path, fmt_name):
   task = sni.read_task_file(task_path, test=True)
-  record = sni.format_instance(task, task.instances[0],
-                               sni.parse_format(fmt_name))
+  record = sni_formats.format_instance(task, task.instances[0],
+                               sni_formats.parse_format(fmt_name))
   assert (record[F.HYPER_INPUTS], record[F.INPUTS]) == EXPECTED[fmt_name]
   assert record[F.TARGETS] == "Capital 0"
   assert json.loads(record[F.REFERENCES]) == ["Capital 0"]
@@ -62,7 +63,7 @@ def test_formats_match_hand_written_strings(task_path, fmt_name):
 
 
 def test_default_formats_are_all_covered():
-  assert set(sni.DEFAULT_FORMATS) <= set(EXPECTED)
+  assert set(sni_formats.DEFAULT_FORMATS) <= set(EXPECTED)
 
 
 def test_punctuation_rule_keeps_existing_punctuation(tmp_path, sni_task):
@@ -71,8 +72,8 @@ def test_punctuation_rule_keeps_existing_punctuation(tmp_path, sni_task):
   path = tmp_path / "t.json"
   path.write_text(json.dumps(data))
   task = sni.read_task_file(str(path), test=True)
-  record = sni.format_instance(task, task.instances[0],
-                               sni.parse_format("def"))
+  record = sni_formats.format_instance(task, task.instances[0],
+                               sni_formats.parse_format("def"))
   assert record[F.HYPER_INPUTS] == "Definition: Say hello!\n\n"
   assert record[F.INPUTS] == (
       "Now complete the following example -\nInput: Is it?\nOutput: ")
@@ -85,8 +86,9 @@ def test_same_instances_and_targets_in_every_format(tmp_path, sni_task):
   path = tmp_path / "t.json"
   path.write_text(json.dumps(data))
   task = sni.read_task_file(str(path), max_instances=8)
-  by_format = {name: sni.format_tasks([task], sni.parse_format(name))
-               for name in sni.DEFAULT_FORMATS}
+  by_format = {name: sni_formats.format_tasks([task],
+                                             sni_formats.parse_format(name))
+               for name in sni_formats.DEFAULT_FORMATS}
   base = by_format["def"]
   assert len(base) == 8
   # Targets are spread over the references, not always the first.
@@ -242,17 +244,17 @@ def test_instances_without_outputs_are_not_formatted(tmp_path, sni_task):
   path = tmp_path / "t.json"
   path.write_text(json.dumps(data))
   task = sni.read_task_file(str(path), test=True)
-  records = sni.format_tasks([task], sni.parse_format("def"))
+  records = sni_formats.format_tasks([task], sni_formats.parse_format("def"))
   assert [r[F.EXAMPLE_ID] for r in records] == ["t-id0", "t-id2"]
 
 
 # ------------------------------------------------------------------ formats
 
 
-@pytest.mark.parametrize("name", [*sni.DEFAULT_FORMATS, "pos_1",
+@pytest.mark.parametrize("name", [*sni_formats.DEFAULT_FORMATS, "pos_1",
                                   "def_pos_2_neg_1_expl"])
 def test_format_names_round_trip(name):
-  assert sni.format_name(sni.parse_format(name)) == name
+  assert sni_formats.format_name(sni_formats.parse_format(name)) == name
 
 
 @pytest.mark.parametrize("name", ["", "concat_", "expl", "def_neg", "pos",
@@ -260,7 +262,7 @@ def test_format_names_round_trip(name):
                                   "concat_neg_2"])
 def test_bad_format_names_raise(name):
   with pytest.raises(ValueError, match="Unknown SNI format"):
-    sni.parse_format(name)
+    sni_formats.parse_format(name)
 
 
 # ------------------------------------------------------- seqio registration
@@ -280,7 +282,8 @@ def test_registered_tasks_serve_the_formatted_records(
       "sni_concat_def_pos_2_train", "sni_concat_def_pos_2_test",
       "sni_concat_def_pos_2"}
   tasks = sni.load_tasks(root, ["t_c"], test=True, max_instances=3)
-  expected = sni.format_tasks(tasks, sni.parse_format("concat_def_pos_2"))
+  expected = sni_formats.format_tasks(
+      tasks, sni_formats.parse_format("concat_def_pos_2"))
   got = pipeline.load_examples("sni_concat_def_pos_2_test", "test")
   assert got == expected
   assert len(pipeline.load_examples("sni_def_train", "train")) == 6
@@ -328,8 +331,8 @@ def test_real_sni_files_through_every_format(shared_data):
       assert task.definition and task.instances and task.category
       # Real files have no instance ids: they are derived from the index.
       assert all(i.id.startswith(task.name + "-") for i in task.instances)
-    for fmt in sni.DEFAULT_FORMATS:
-      records = sni.format_tasks(tasks, sni.parse_format(fmt))
+    for fmt in sni_formats.DEFAULT_FORMATS:
+      records = sni_formats.format_tasks(tasks, sni_formats.parse_format(fmt))
       assert len(records) == sum(len(t.instances) for t in tasks)
       for r in records:
         assert r[F.TARGETS] in json.loads(r[F.REFERENCES])
@@ -348,7 +351,7 @@ def test_real_sni_files_through_every_format(shared_data):
 POS2_LONG = (" Positive Example 2 -\nInput: " + "Japan, " * 29 + "Japan.\n"
              " Output: Tokyo.\n\n")
 POS3 = " Positive Example 3 -\nInput: Peru.\n Output: Lima.\n\n"
-COUNT = sni.token_counter(seqio.ByteVocabulary())
+COUNT = sni_formats.token_counter(seqio.ByteVocabulary())
 
 
 def n_tokens(text):
@@ -367,8 +370,9 @@ def long_task(tmp_path, sni_task):
 
 
 def _record(task, fmt, budget):
-  return sni.format_instance(task, task.instances[0], sni.parse_format(fmt), budget,
-                             COUNT)
+  return sni_formats.format_instance(task, task.instances[0],
+                                     sni_formats.parse_format(fmt), budget,
+                                     COUNT)
 
 
 def test_counter_counts_eos():
@@ -407,8 +411,9 @@ def test_demonstrations_that_do_not_fit_are_dropped_whole(long_task):
   assert (got[F.HYPER_INPUTS], got[F.INPUTS]) == ("", DEF + POS1 + QUERY)
   assert rec("concat_def_pos_2", inputs=budget - 1)[F.INPUTS] == DEF + QUERY
   with pytest.raises(ValueError, match="needs count_tokens"):
-    sni.format_instance(long_task, long_task.instances[0],
-                        sni.parse_format("def_pos_2"), {"hyper_inputs": 5})
+    sni_formats.format_instance(long_task, long_task.instances[0],
+                                sni_formats.parse_format("def_pos_2"),
+                                {"hyper_inputs": 5})
 
 
 def test_registered_tasks_drop_demonstrations_with_a_budget(
@@ -424,8 +429,9 @@ def test_registered_tasks_drop_demonstrations_with_a_budget(
   tasks = sni.load_tasks(root, ["t_b"], test=True)
   for fmt in ("def_pos_2", "concat_def_pos_2"):
     got = pipeline.load_examples(f"sni_{fmt}_test", "test")
-    assert got == sni.format_tasks(tasks, sni.parse_format(fmt), budget=budget,
-                                   count_tokens=COUNT)
+    assert got == sni_formats.format_tasks(
+        tasks, sni_formats.parse_format(fmt), budget=budget,
+        count_tokens=COUNT)
     text = [r[F.HYPER_INPUTS] + r[F.INPUTS] for r in got]
     assert all(t.startswith(DEF + POS1) and "Positive Example 2" not in t
                for t in text), (fmt, text[0])
