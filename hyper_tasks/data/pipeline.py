@@ -67,11 +67,16 @@ def get_provider(name: str) -> Provider:
   return seqio.get_mixture_or_task(name)
 
 
+def tasks_of(name: str) -> list[seqio.Task]:
+  """The seqio tasks of ``name``: a mixture's members, or the task itself."""
+  provider = get_provider(name)
+  return (list(provider.tasks) if isinstance(provider, seqio.Mixture)
+          else [provider])
+
+
 def task_vocabulary(name: str) -> seqio.Vocabulary:
   """The targets vocabulary of ``name`` (a mixture's first task)."""
-  provider = get_provider(name)
-  task = provider.tasks[0] if isinstance(provider, seqio.Mixture) else provider
-  return task.output_features[F.TARGETS].vocabulary
+  return tasks_of(name)[0].output_features[F.TARGETS].vocabulary
 
 
 def check_vocabulary(names: Sequence[str], model_vocab_size: int,
@@ -79,9 +84,7 @@ def check_vocabulary(names: Sequence[str], model_vocab_size: int,
   """Refuses tasks whose vocabulary (any feature, any member task) does not fit a
   model with ``model_vocab_size`` embeddings (``vocab.check_fits``)."""
   for name in names:
-    provider = get_provider(name)
-    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-    for task in tasks:
+    for task in tasks_of(name):
       for feature in task.output_features.values():
         vocab_lib.check_fits(feature.vocabulary, model_vocab_size,
                              where=f"{where}, task {task.name}")
@@ -94,9 +97,7 @@ def _known(name: str) -> bool:
 
 def splits(name: str) -> tuple[str, ...]:
   """The splits of a task or mixture (a mixture: those of its first task)."""
-  provider = get_provider(name)
-  task = provider.tasks[0] if isinstance(provider, seqio.Mixture) else provider
-  return tuple(task.splits)
+  return tuple(tasks_of(name)[0].splits)
 
 
 def _resolve_split(name: str, split: Optional[str]) -> str:
@@ -296,12 +297,9 @@ def load_examples(name: str, split: Optional[str] = None,
     ``references`` (JSON list), ``category``, ``template``, ``example_id`` (str),
     ``choice_index``, ``is_correct``, ``num_choices`` (int).
   """
-  provider = get_provider(name)
   split = _resolve_split(name, split)
-  tasks = (provider.tasks if isinstance(provider, seqio.Mixture)
-           else [provider])
   out = []
-  for task in tasks:
+  for task in tasks_of(name):
     if split not in task.splits:
       continue
     remaining = None if max_examples is None else max_examples - len(out)
