@@ -9,7 +9,6 @@ HF / t5x / other checkpoint at ``checkpoint_path``), runs
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
@@ -20,7 +19,15 @@ from typing import Any, Optional, Union
 import gin
 import jax
 
-from hyper_tasks import gin_utils
+from hyper_tasks import entry
+from hyper_tasks.data import pipeline
+from hyper_tasks.evaluation import evaluator
+from hyper_tasks.evaluation import report as report_lib
+from hyper_tasks.train import checkpoints
+from hyper_tasks.train import initial_restore
+from hyper_tasks.train import preflight
+from hyper_tasks.train import train_state
+from hyper_tasks.train import trainer
 
 # Registered once, under this module's name, even when run as ``python -m``.
 _configurable = (gin.configurable(module="hyper_tasks.eval")
@@ -29,7 +36,6 @@ _configurable = (gin.configurable(module="hyper_tasks.eval")
 
 def abstract_params(model, sequence_lengths: Mapping[str, int]) -> Any:
   """The model's parameter shapes (no allocation)."""
-  from hyper_tasks.train import train_state  # pylint: disable=g-import-not-at-top
   shapes = train_state.init_input_shapes(sequence_lengths)
   boxed = jax.eval_shape(lambda k: model.get_initial_variables(k, shapes)["params"],
                          jax.random.PRNGKey(0))
@@ -41,7 +47,6 @@ def checkpoint_steps_to_load(model_dir: str, checkpoint_path: Optional[str],
                              ) -> list[tuple[str, Optional[int]]]:
   """``[(path, step)]`` to evaluate: ``checkpoint_step`` None (latest), an int, or
   ``"all"`` (every checkpoint in ``MODEL_DIR``)."""
-  from hyper_tasks.train import checkpoints  # pylint: disable=g-import-not-at-top
   if checkpoint_path:
     step = None if checkpoint_step in (None, "all") else int(checkpoint_step)
     return [(checkpoint_path, step)]
@@ -64,7 +69,6 @@ def load_model_params(model, path: str, step: Optional[int],
                       sequence_lengths: Mapping[str, int], fmt: str = "auto",
                       assignment_map=()) -> tuple[Any, int]:
   """``(params, step)`` of ``model`` from any checkpoint format."""
-  from hyper_tasks.train import initial_restore  # pylint: disable=g-import-not-at-top
   params, ckpt_step = initial_restore.load_params(
       path, abstract_params(model, sequence_lengths), fmt, step, assignment_map)
   return params, int(step if step is not None else (ckpt_step or 0))
@@ -92,18 +96,12 @@ def evaluate(*, model, model_dir: str,
       ``MODEL_DIR``'s.
     checkpoint_step: None (latest), a step, or ``"all"``.
     checkpoint_format, assignment_map: see ``InitialRestore``.
-    evaluate_kwargs: further ``evaluate_many`` arguments (``decode_method``,
+    evaluate_kwargs: further ``EvalOptions`` fields (``decode_method``,
       ``controls``, ...).
     progress: progress bars.
     check: a ``preflight.CheckOptions`` (``--check``): check the data, lengths
       and checkpoint trees without evaluating; returns ``[CheckReport]``.
   """
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks.evaluation import evaluator
-  from hyper_tasks.evaluation import report as report_lib
-  from hyper_tasks.train import trainer
-  from hyper_tasks.data import pipeline
-  from hyper_tasks.train import preflight
   names = ([mixture_or_task_names] if isinstance(mixture_or_task_names, str)
            else list(mixture_or_task_names))
   pipeline.check_vocabulary(names, model.config.vocab_size, where="eval")
@@ -116,16 +114,18 @@ def evaluate(*, model, model_dir: str,
         abstract_params=abstract_params(model, sequence_lengths),
         checkpoint_format=checkpoint_format, assignment_map=assignment_map)]
   model_dir = trainer.check_model_dir(model_dir)
+  options = evaluator.EvalOptions(
+      split=split, sequence_lengths=dict(sequence_lengths),
+      batch_size=batch_size, max_examples=max_examples,
+      config_str=gin.config_str(), progress=progress,
+      **dict(evaluate_kwargs or {}))
   reports = []
   for path, step in checkpoint_steps_to_load(model_dir, checkpoint_path,
                                              checkpoint_step):
     params, step = load_model_params(model, path, step, sequence_lengths,
                                      checkpoint_format, assignment_map)
-    rep = evaluator.evaluate_many(
-        model, params, names, split=split, sequence_lengths=dict(sequence_lengths),
-        batch_size=batch_size, max_examples=max_examples, step=step,
-        config_str=gin.config_str(), progress=progress,
-        checkpoint=f"{path}@{step}", **dict(evaluate_kwargs or {}))
+    rep = evaluator.evaluate_many(model, params, names, options, step=step,
+                                  checkpoint=f"{path}@{step}")
     out = report_lib.write_report(model_dir, rep)
     report_lib.write_scalars(os.path.join(model_dir, "eval"), step,
                              report_lib.flatten_metrics(rep))
@@ -136,38 +136,9 @@ def evaluate(*, model, model_dir: str,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  return _run_main(argv, "hyper_tasks.eval", "evaluate",
-                   "Evaluate checkpoints of a hyper-tasks model.")
-
-
-def _run_main(argv, module_name, fn_name, description) -> int:
-  """Shared by eval/infer: parse gin flags, register data, call the function."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  dotted, rest = gin_utils.split_gin_args(argv)
-  parser = argparse.ArgumentParser(description=description)
-  gin_utils.add_gin_flags(parser)
-  gin_utils.add_check_flags(parser)
-  namespace = parser.parse_args(rest)
-  gin_utils.prepare_check(namespace)
-  args = gin_utils.gin_args_from(namespace, dotted)
-  gin_utils.parse_from_args(args)
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks.data import register
-  from hyper_tasks.train import preflight
-  fn = getattr(importlib.import_module(module_name), fn_name)
-  if namespace.check:
-    try:
-      register.register_all()
-      preflight.verify_devices(namespace.check_devices)
-      out = fn(check=preflight.CheckOptions(compile=namespace.compile))
-    except Exception as e:  # pylint: disable=broad-except
-      return preflight.print_failure(e)
-    for report in out if isinstance(out, list) else [out]:
-      print(report.format(), flush=True)
-    return 0
-  register.register_all()
-  fn()
-  return 0
+  return entry.run_gin_main(argv, "hyper_tasks.eval", "evaluate",
+                            description="Evaluate checkpoints of a hyper-tasks "
+                            "model.")
 
 
 if __name__ == "__main__":

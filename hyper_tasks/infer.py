@@ -17,7 +17,12 @@ from typing import Any, Optional
 
 import gin
 
+from hyper_tasks import entry
 from hyper_tasks import eval as eval_lib
+from hyper_tasks.data import pipeline
+from hyper_tasks.evaluation import evaluator
+from hyper_tasks.train import preflight
+from hyper_tasks.train import trainer
 
 INFERENCE_SUBDIR = "inference"
 
@@ -36,15 +41,11 @@ def infer(*, model, model_dir: str, mixture_or_task_name: str,
           progress: bool = True, check: Any = None) -> str:
   """Writes predictions for one task or mixture; returns the JSONL path.
 
-  Args: as :func:`hyper_tasks.eval.evaluate`; ``infer_kwargs`` go to
-  ``evaluator.infer`` (``decode_method``, ``num_beams``, ...). ``check``
-  (``--check``): check without predicting; returns a ``preflight.CheckReport``.
+  Args: as :func:`hyper_tasks.eval.evaluate`; ``infer_kwargs`` are further
+  ``EvalOptions`` fields for ``evaluator.infer`` (``decode_method``,
+  ``num_beams``, ...). ``check`` (``--check``): check without predicting;
+  returns a ``preflight.CheckReport``.
   """
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks.evaluation import evaluator
-  from hyper_tasks.train import trainer
-  from hyper_tasks.data import pipeline
-  from hyper_tasks.train import preflight
   pipeline.check_vocabulary([mixture_or_task_name], model.config.vocab_size,
                             where="infer")
   if check is not None:
@@ -64,19 +65,20 @@ def infer(*, model, model_dir: str, mixture_or_task_name: str,
     output_path = os.path.join(model_dir, INFERENCE_SUBDIR,
                                f"{mixture_or_task_name}_{split}_step{step}.jsonl")
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  out = evaluator.infer(model, params, mixture_or_task_name, split=split,
-                        sequence_lengths=dict(sequence_lengths),
-                        batch_size=batch_size, max_examples=max_examples,
-                        output_path=output_path, progress=progress,
-                        **dict(infer_kwargs or {}))
+  options = evaluator.EvalOptions(
+      split=split, sequence_lengths=dict(sequence_lengths),
+      batch_size=batch_size, max_examples=max_examples, progress=progress,
+      **dict(infer_kwargs or {}))
+  out = evaluator.infer(model, params, mixture_or_task_name, options,
+                        output_path=output_path)
   print(f"predictions: {out}", flush=True)
   return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  # pylint: disable=protected-access
-  return eval_lib._run_main(argv, "hyper_tasks.infer", "infer",
-                            "Write predictions of a hyper-tasks model.")
+  return entry.run_gin_main(argv, "hyper_tasks.infer", "infer",
+                            description="Write predictions of a hyper-tasks "
+                            "model.")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
 """``python -m hyper_tasks.train --gin_file=experiments/... --gin.MODEL_DIR="'...'"``.
 
-Parses the gin flags (``hyper_tasks.gin_utils``), registers the data sources the
-config names (``hyper_tasks.data.register_all``, gin-configurable), and calls
+Parses the gin flags, registers the data sources the config names
+(``hyper_tasks.data.register.register_all``, gin-configurable) -- the start-up
+shared with eval and infer, ``hyper_tasks.entry.run_gin_main`` -- and calls
 ``hyper_tasks.train.trainer.train()`` with everything bound by gin. Exit code 0 on
 completion or after a preemption save, non-zero on error. ``--check`` resolves
 and checks the configuration without training (``hyper_tasks/train/preflight.py``).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from hyper_tasks import gin_utils
+from hyper_tasks import entry
 
 
 # The report of the last ``--check`` in this process (tests, notebooks).
@@ -22,39 +22,19 @@ LAST_CHECK = None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  dotted, rest = gin_utils.split_gin_args(argv)
-  parser = argparse.ArgumentParser(
-      prog="python -m hyper_tasks.train",
-      description="Train a hyper-tasks model from gin files.")
-  gin_utils.add_gin_flags(parser)
-  gin_utils.add_check_flags(parser)
-  namespace = parser.parse_args(rest)
-  gin_utils.prepare_check(namespace)
-  args = gin_utils.gin_args_from(namespace, dotted)
-  gin_utils.parse_from_args(args)
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks.data import register
-  from hyper_tasks.train import preflight
-  from hyper_tasks.train import trainer
-  if namespace.check:
-    try:
-      register.register_all()
-      preflight.verify_devices(namespace.check_devices)
-      report = trainer.train(check=preflight.CheckOptions(
-          compile=namespace.compile))
-    except Exception as e:  # pylint: disable=broad-except
-      return preflight.print_failure(e)
+  def keep_check(report):
     global LAST_CHECK
     LAST_CHECK = report
-    print(report.format(), flush=True)
-    return 0
-  register.register_all()
-  result = trainer.train()
-  step = int(result.state.step)
-  print(f"train: {'preempted at' if result.preempted else 'finished'} step {step}",
-        flush=True)
-  return 0
+
+  def print_result(result):
+    step = int(result.state.step)
+    print(f"train: {'preempted at' if result.preempted else 'finished'} step "
+          f"{step}", flush=True)
+  return entry.run_gin_main(
+      argv, "hyper_tasks.train.trainer", "train",
+      prog="python -m hyper_tasks.train",
+      description="Train a hyper-tasks model from gin files.",
+      on_check=keep_check, on_result=print_result)
 
 
 if __name__ == "__main__":
