@@ -133,8 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hyper_tasks import infer as infer_lib
     return infer_lib.main(rest)
   if command == "diagnose":
-    from hyper_tasks.evaluation import diagnostics
-    return diagnostics.main(rest)
+    from hyper_tasks import diagnose
+    return diagnose.main(rest)
   if command in ("list", "show"):
     from hyper_tasks.data import cli as data_cli
     return data_cli.main([command] + rest)

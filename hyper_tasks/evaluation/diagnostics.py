@@ -22,17 +22,15 @@ flattened generated adaptations (each task's mean over its instructions; None wh
 an adaptation is all zeros).
 
 A hypernetwork with ``output_scale = 0`` and no instruction fusion generates exact
-zeros, i.e. a no-op adaptation: KL 0, gaps 0. The CLI is ``hyper-tasks diagnose``
-(:func:`main`).
+zeros, i.e. a no-op adaptation: KL 0, gaps 0. The CLI, ``hyper-tasks diagnose``
+(loading a run's model and checkpoint), is :mod:`hyper_tasks.diagnose`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -42,7 +40,10 @@ import numpy as np
 from hyper_tasks.data import features as F
 from hyper_tasks.evaluation import batching
 from hyper_tasks.evaluation import records as records_lib
-from hyper_tasks.models.cache import AdaptationCache
+from hyper_tasks.models import jit_cache
+from hyper_tasks.models.cache import AdaptationCache, instruction_key
+from hyper_tasks.models.model_api import EncoderDecoderModel
+from hyper_tasks.models.transformer import Transformer
 
 DEFAULT_CONTROLS = ("shuffled_instruction", "random_instruction",
                     "empty_instruction")
@@ -58,18 +59,16 @@ def _text(value) -> str:
 
 def plain_backbone(model):
   """``(EncoderDecoderModel, params filter)`` of the model's bare backbone."""
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks.models.model_api import EncoderDecoderModel
-  from hyper_tasks.models.transformer import Transformer
   plain = EncoderDecoderModel(Transformer(model.config))
   def backbone(params):
     return {k: v for k, v in params.items() if k not in ("hypernet", "peft")}
   return plain, backbone
 
 
-def _fns(model) -> dict:
-  fns = vars(model).setdefault("_diagnostics_jit", {})
-  if not fns:
+def _kl_fn(model):
+  """Jitted ``(params, backbone params, batch, adaptation) -> (kl sum, kl max,
+  target log-likelihood sum, tokens)`` per row (``models.jit_cache``)."""
+  def build():
     plain, _ = plain_backbone(model)
 
     def kl_and_score(params, backbone_params, batch, adaptation):
@@ -86,8 +85,8 @@ def _fns(model) -> dict:
       return (jnp.sum(kl * w, -1), jnp.max(jnp.where(w > 0, kl, 0.0), -1),
               jnp.sum(ll * w, -1), jnp.sum(w, -1))
 
-    fns["kl"] = jax.jit(kl_and_score)
-  return fns
+    return jax.jit(kl_and_score)
+  return jit_cache.get(model, "diagnostics_kl", build)
 
 
 # -- norms and similarities ---------------------------------------------------------
@@ -190,13 +189,13 @@ def _load_records(task_names: Sequence[str], split: str, examples_per_task: int,
 def _run(model, params, backbone_params, cache, encoded, batch_size):
   """Per-row (kl_sum, kl_max, target log-likelihood sum, tokens) over ``encoded``
   (one jitted function for the real instruction and the controls: one compile)."""
-  fns = _fns(model)
+  kl_fn = _kl_fn(model)
   n = len(encoded)
   outs = []
   for b in batching.make_batches(np.arange(n), batch_size):
     batch = {k: jnp.asarray(v[b.indices]) for k, v in encoded.arrays.items()}
     adaptation = cache.get(encoded.arrays[F.HYPER_ENCODER_INPUT_TOKENS][b.indices])
-    res = fns["kl"](params, backbone_params, batch, adaptation)
+    res = kl_fn(params, backbone_params, batch, adaptation)
     outs.append([np.asarray(x)[:b.num_real] for x in res])
   return [np.concatenate(col) for col in zip(*outs)]
 
@@ -269,7 +268,7 @@ def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,
                       "needs two and is skipped.")
       continue
     rewritten = records_lib.apply_control(rows, name, seed=seed,
-                                        rank_classification_tasks=())
+                                          rank_classification_tasks=())
     encoded[name] = batching.encode_records(rewritten, vocabulary,
                                             sequence_lengths)
   # Every distinct instruction through the hypernetwork in one call (one compile).
@@ -290,8 +289,8 @@ def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,
   for i, task in enumerate(tasks):
     sel = owner == i
     tok = max(float(ntok[sel].sum()), 1.0)
-    instructions = list(dict.fromkeys(r.tobytes() for r in hyper[sel]))
-    rows_of = {r.tobytes(): r for r in hyper[sel]}
+    rows_of = {instruction_key(r): r for r in hyper[sel]}
+    instructions = list(rows_of)
     adaptations = [cache.get_task(rows_of[k]).params for k in instructions]
     norms = [adaptation_norms(jax.device_get(a), spec) for a in adaptations]
     mean_norms = {site: {name: float(np.mean([n[site][name] for n in norms]))
@@ -346,115 +345,3 @@ def write_json(result: Mapping[str, Any], path: str) -> str:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(_json_safe(result), f, indent=1)
   return path
-
-
-# -- command line -------------------------------------------------------------------
-
-_CONFIGURED = "hyper_tasks.evaluation.diagnostics.configured"
-
-
-def _gin_configurable(fn):
-  import gin  # pylint: disable=g-import-not-at-top
-  return gin.configurable(module="hyper_tasks.evaluation.diagnostics")(fn)
-
-
-@_gin_configurable
-def configured(model=None, sequence_lengths=None):
-  """The experiment's model and ``TASK_FEATURE_LENGTHS`` (bound by :func:`main`)."""
-  return model, sequence_lengths
-
-
-def load_checkpoint(model, path: str, step: Optional[int],
-                    sequence_lengths: Mapping[str, int]) -> tuple[Any, int]:
-  """``(params, step)``; a checkpoint without ``hypernet/`` parameters is a
-  :class:`DiagnosticsError` naming it (before any restore)."""
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks import eval as eval_lib
-  from hyper_tasks.train import checkpoint_formats
-  from hyper_tasks.train import param_restore
-  from hyper_tasks import tree_utils
-  if not model.uses_instruction:
-    raise DiagnosticsError(
-        f"{path}: the configured model has no hypernetwork (hypernet 'none': a "
-        "plain T5, concatenated-instruction or static-PEFT model); diagnose needs "
-        "a HINT-style model. Pass the experiment's --gin_file if config.gin is "
-        "not the one the checkpoint was trained with.")
-  ckpt = checkpoint_formats.read_checkpoint(path, "auto", step)
-  flat_ckpt, ckpt_step = ckpt.params, ckpt.step
-  if not any(k.startswith("hypernet/") for k in flat_ckpt):
-    raise DiagnosticsError(
-        f"checkpoint {path} (step {ckpt_step}) has no hypernetwork: none of its "
-        f"{len(flat_ckpt)} parameters is under 'hypernet/'. diagnose needs a "
-        "checkpoint of a model with a hypernetwork (HINT, Hypter, ...).")
-  abstract = eval_lib.abstract_params(model, sequence_lengths)
-  flat, _ = param_restore.restore_params(
-      checkpoint_formats.flat(abstract), flat_ckpt, ())
-  treedef = jax.tree.structure(abstract)
-  paths = tree_utils.leaf_paths(abstract)
-  params = jax.tree.unflatten(treedef, [flat[p] for p in paths])
-  return params, int(step if step is not None else (ckpt_step or 0))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """``hyper-tasks diagnose --model_dir=DIR --tasks=T1,T2 [...]``.
-
-  The model comes from ``DIR/config.gin`` (the run's operative config) or from
-  ``--gin_file`` experiment flags (and ``--gin.NAME=value``), as for eval; the
-  parameters from the newest (or ``--checkpoint_step``) checkpoint in ``DIR``.
-  Writes ``DIR/diagnostics/step_<N>.json`` (or ``--output``) and prints a summary.
-  """
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks import gin_utils
-  argv = list(sys.argv[1:] if argv is None else argv)
-  dotted, rest = gin_utils.split_gin_args(argv)
-  parser = argparse.ArgumentParser(
-      prog="hyper-tasks diagnose",
-      description="Adapter diagnostics of a checkpoint: KL from the plain "
-      "backbone, generated-parameter norms, own-vs-control instruction score "
-      "gaps, cross-task cosine similarities (JSON).")
-  gin_utils.add_gin_flags(parser)
-  parser.add_argument("--model_dir", required=True)
-  parser.add_argument("--tasks", required=True,
-                      help="comma-separated seqio tasks or mixtures")
-  parser.add_argument("--checkpoint_step", type=int, default=None)
-  parser.add_argument("--split", default="test")
-  parser.add_argument("--examples_per_task", "-k", type=int, default=8)
-  parser.add_argument("--batch_size", type=int, default=8)
-  parser.add_argument("--controls", default=",".join(DEFAULT_CONTROLS))
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--output", default=None,
-                      help="JSON path (default MODEL_DIR/diagnostics/step_<N>.json)")
-  ns = parser.parse_args(rest)
-  files = list(ns.gin_file)
-  if not files:
-    files = [os.path.join(ns.model_dir, gin_utils.CONFIG_FILE)]
-    if not os.path.exists(files[0]):
-      print(f"diagnose: {files[0]} does not exist; pass the experiment's "
-            "--gin_file flags.", file=sys.stderr)
-      return 2
-  paths = [p for group in ns.gin_search_paths for p in group.split(",") if p]
-  bindings = list(ns.gin_bindings) + dotted + [
-      f"MODEL_DIR = {ns.model_dir!r}", f"{_CONFIGURED}.model = %MODEL",
-      f"{_CONFIGURED}.sequence_lengths = %TASK_FEATURE_LENGTHS"]
-  try:
-    gin_utils.parse(files, bindings, paths, finalize=False)
-    from hyper_tasks.data import register
-    register.register_all()
-    model, lengths = configured()
-    params, step = load_checkpoint(model, ns.model_dir, ns.checkpoint_step,
-                                   lengths)
-    result = diagnose(model, params, [t for t in ns.tasks.split(",") if t],
-                      sequence_lengths=lengths, split=ns.split,
-                      examples_per_task=ns.examples_per_task,
-                      batch_size=ns.batch_size, seed=ns.seed,
-                      controls=[c for c in ns.controls.split(",") if c])
-  except (DiagnosticsError, gin_utils.GinConfigError, FileNotFoundError) as e:
-    print(f"diagnose: {e}", file=sys.stderr)
-    return 2
-  result["checkpoint"] = f"{ns.model_dir}@{step}"
-  out = ns.output or os.path.join(ns.model_dir, "diagnostics",
-                                  f"step_{step}.json")
-  write_json(result, out)
-  print(summary(result))
-  print(f"diagnostics: {out}", flush=True)
-  return 0

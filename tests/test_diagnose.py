@@ -3,9 +3,12 @@ gives a JSON report; a checkpoint without a hypernetwork and k larger than a tas
 examples are refused with a message naming them."""
 import json
 
+import gin
 import pytest
 
-from hyper_tasks.evaluation import diagnostics
+from hyper_tasks import cli
+from hyper_tasks import diagnose
+from hyper_tasks import gin_utils
 from tests.evaluation import evallib
 
 
@@ -13,14 +16,11 @@ from tests.evaluation import evallib
 def test_cli_diagnose(tmp_path, capsys):
   """``hyper-tasks diagnose`` on a (random-parameter) tiny HINT checkpoint, and
   on a checkpoint without a hypernetwork."""
-  import gin  # pylint: disable=g-import-not-at-top
-  from hyper_tasks import cli  # pylint: disable=g-import-not-at-top
-  from hyper_tasks import gin_utils  # pylint: disable=g-import-not-at-top
   files = ["experiments/hint_finetune_sni.gin", "tiny.gin"]
-  conf = diagnostics._CONFIGURED  # pylint: disable=protected-access
+  conf = diagnose._CONFIGURED  # pylint: disable=protected-access
   gin_utils.parse(files, ["MODEL_DIR = 'unused'", f"{conf}.model = %MODEL"],
                   finalize=False)
-  model, _ = diagnostics.configured()
+  model, _ = diagnose.configured()
   gin.clear_config()
   params = evallib.random_params(model)
   good, bad = tmp_path / "hint", tmp_path / "plain"
