@@ -40,6 +40,7 @@ rows mix examples of different tasks, which a hypernetwork cannot condition on, 
 """
 from __future__ import annotations
 
+import itertools
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -196,7 +197,7 @@ def model_features(tokens: Mapping[str, tf.RaggedTensor],
 
 def _ragged(rows: Sequence[Sequence[int]]) -> tf.RaggedTensor:
   row_lengths = np.array([len(r) for r in rows], np.int64)
-  values = np.fromiter((t for r in rows for t in r), np.int32,
+  values = np.fromiter(itertools.chain.from_iterable(rows), np.int32,
                        count=int(row_lengths.sum()))
   return tf.RaggedTensor.from_row_lengths(values, row_lengths)
 
