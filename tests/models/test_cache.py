@@ -121,3 +121,34 @@ def test_bad_uses_raise(setup):
   plain = builders.make_model(hypernet="none", vocab_size=V)
   with pytest.raises(ValueError, match="needs a model with a hypernetwork"):
     AdaptationCache(plain, params)
+
+
+def test_bounded_in_bytes(setup):
+  model, params, score = setup
+  one = AdaptationCache(model, params)
+  one.get(hyper_rows("A"))
+  size = one.nbytes
+  assert size > 0 and stats(one)["bytes"] == size
+  # Room for two entries of A's size: the third evicts the least recent.
+  cache = AdaptationCache(model, params, max_bytes=2 * size + size // 2)
+  cache.get(hyper_rows("AB"))
+  cache.get(hyper_rows("A"))
+  cache.get(hyper_rows("C"))
+  assert cache.nbytes <= cache.max_bytes and cache.hypernet_runs == 3
+  cache.get(hyper_rows("A"))
+  assert cache.hypernet_runs == 3  # A survived, B was evicted
+  batch = batch_for("ABCD", 5)
+  cached = cache.get(batch["hyper_encoder_input_tokens"])
+  np.testing.assert_allclose(np.asarray(score(params, batch, cached)),
+                             np.asarray(score(params, batch)), atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="max_bytes"):
+    AdaptationCache(model, params, max_bytes=0)
+
+
+def test_per_task_entry_counts_the_rows_it_serves(setup):
+  model, params, _ = setup
+  cache = AdaptationCache(model, params)
+  first = cache.get_task(hyper_rows("B")[0], rows=4)
+  cache.get_task(hyper_rows("B")[0], rows=3)
+  assert not first.batched
+  assert (cache.misses, cache.hits, cache.hypernet_runs) == (1, 6, 1)
