@@ -78,7 +78,7 @@ def parse_args(argv=None):
                  help="instruction tokens per example for --hint")
   p.add_argument("--instruction-groups", default="1",
                  help="for --hint: comma-separated examples per instruction "
-                      "(train.instruction_group_size); 1 = one per example")
+                      "(Batching.instruction_group_size); 1 = one per example")
   p.add_argument("--compute-dtype", default=None,
                  help="e.g. bfloat16 (both of our steps; parameters stay f32)")
   p.add_argument("--record", action="store_true",
@@ -373,9 +373,11 @@ def main(argv=None):
                  f"{common.fmt_flops(achieved)}/s", f"{achieved / peak:.1%}"]
                 + ([f"{achieved / nominal:.1%}"] if nominal else []))
 
-  from hyper_tasks.train.trainer import with_compute_dtype
-  dtype = lambda m: with_compute_dtype(m, args.compute_dtype) if args.compute_dtype else m
-  ours = jax_step_seconds(dtype(EncoderDecoderModel(Transformer(cfg))), batch,
+  # The model computes in its config's dtype (models.make_model.dtype in gin).
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  compute_cfg = (cfg.replace(dtype=jnp.dtype(args.compute_dtype))
+                 if args.compute_dtype else cfg)
+  ours = jax_step_seconds(EncoderDecoderModel(Transformer(compute_cfg)), batch,
                           args.warmup, args.steps)
   print(f"ours: compile + first step {ours['compile_s']:.1f} s")
   report("ours (JAX, Adafactor)", ours, train_flops)

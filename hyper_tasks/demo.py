@@ -49,6 +49,7 @@ from hyper_tasks.models.model_api import EncoderDecoderModel
 from hyper_tasks.models.transformer import Transformer
 from hyper_tasks.train import initial_restore
 from hyper_tasks.train import optimizers
+from hyper_tasks.train import train_config
 from hyper_tasks.train import trainer
 
 # Byte-level lengths: toy instructions are one sentence, SNI-format definitions up to
@@ -74,7 +75,8 @@ EVAL_SETS = (
      "rougeL"),
 )
 MODELS = ("hint", "concat", "no-instr")
-# Stage-2 examples per instruction in a batch (``train(instruction_group_size=)``).
+# Stage-2 examples per instruction in a batch
+# (``train_config.Batching.instruction_group_size``).
 GROUP_SIZE = 2
 
 
@@ -157,9 +159,11 @@ def _train(kind: str, model, model_dir: str, mixture: str, steps: int,
       model=model, model_dir=model_dir, mixture_or_task_name=mixture,
       num_steps=steps, batch_size=batch_size, sequence_lengths=lengths,
       optimizer=optimizer, initial_restore=restore,
-      checkpoint_period=max(steps, 1), keep_checkpoints=1, summary_period=log_every,
-      async_checkpoints=False, progress=True, compiler_options=compiler_options,
-      instruction_group_size=group_size, seed=seed, data_seed=seed)
+      checkpointing=train_config.Checkpointing(period=max(steps, 1), keep=1,
+                                               async_save=False),
+      summaries=train_config.Summaries(period=log_every, progress=True),
+      batching=train_config.Batching(instruction_group_size=group_size),
+      compiler_options=compiler_options, seed=seed, data_seed=seed)
   losses = [h["loss"] for h in result.history if "loss" in h]
   return result.state.params, losses
 

@@ -1,6 +1,6 @@
 """Train summaries: averaged step metrics, throughput, FLOPs and MFU, progress line.
 
-Every ``summary_period`` steps the trainer hands the accumulated device metrics to
+Every ``Summaries.period`` steps the trainer hands the accumulated device metrics to
 :class:`TrainSummaries`, which averages them, adds
 
   tokens_per_second, examples_per_second, step_time       (host wall clock;
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper_tasks.evaluation import tensorboard
+from hyper_tasks.models import flops as flops_lib
 
 TRAIN_SUBDIR = "train"
 
@@ -112,7 +113,6 @@ def step_flops(lowered: Any, model: Any = None,
   """
   if model is not None and batch_shapes is not None:
     try:
-      from hyper_tasks.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
       b, enc_len = batch_shapes["encoder_input_tokens"]
       dec_len = batch_shapes["decoder_target_tokens"][1]
       hyper = batch_shapes.get("hyper_encoder_input_tokens")

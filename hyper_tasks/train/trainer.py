@@ -15,14 +15,14 @@ optimizer state, step, dropout key and the number of batches consumed, so the re
 run sees exactly the batches and dropout masks of an uninterrupted one) > an
 ``InitialRestore`` (HF / t5x / our checkpoint, see ``initial_restore.py``) > scratch.
 
-Checkpoints are written every ``checkpoint_period`` steps (keeping
-``keep_checkpoints``), at the end, and when SIGTERM arrives (preemption: the loop
+Checkpoints are written every ``Checkpointing.period`` steps (keeping
+``Checkpointing.keep``), at the end, and when SIGTERM arrives (preemption: the loop
 saves and returns with ``preempted=True``). A non-finite loss or gradient stops the
 run with ``FloatingPointError`` naming the step; the step's update is discarded on
 device and nothing is saved after it, so the last checkpoint on disk is good.
 
 Sharding: a ``('data', 'model')`` mesh (``partitioning.make_mesh``), parameters and
-optimizer state placed by the logical-axis rules table (``fsdp=True`` also splits
+optimizer state placed by the logical-axis rules table (``Parallelism.fsdp`` also splits
 ``embed`` over ``data``), batches split over ``data``; the step is traced under
 ``jax.set_mesh`` and ``nn.logical_axis_rules`` so activation constraints use the same
 table.
@@ -39,7 +39,6 @@ written cooperatively by orbax, and only process 0 writes summaries and reports.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
@@ -49,19 +48,23 @@ from typing import Any, NamedTuple, Optional
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 
+from hyper_tasks import gin_utils
+from hyper_tasks.data import pipeline
+from hyper_tasks.data import vocab as vocab_lib
 from hyper_tasks.models import jit_cache
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore as init_restore_lib
 from hyper_tasks.train import optimizers
+from hyper_tasks.train import param_restore
 from hyper_tasks.train import partitioning
 from hyper_tasks.train import preflight
-from hyper_tasks.train import param_restore
 from hyper_tasks.train import step_fn
 from hyper_tasks.train import summaries as summaries_lib
 from hyper_tasks.train import train_eval
 from hyper_tasks.train import train_state as ts_lib
+from hyper_tasks.train.train_config import (Batching, Checkpointing, Parallelism,
+                                            Summaries)
 from hyper_tasks.train.train_state import TrainState
 
 Hook = Callable[[int, TrainState, Mapping[str, Any]], None]
@@ -90,31 +93,6 @@ def check_model_dir(model_dir: str) -> str:
   except OSError as e:
     raise PermissionError(f"MODEL_DIR {model_dir!r} is not writable: {e}") from e
   return model_dir
-
-
-ACCELERATOR_COMPUTE_DTYPE = "bfloat16"
-
-
-def resolve_compute_dtype(compute_dtype: Optional[str],
-                          backend: Optional[str] = None) -> Optional[str]:
-  """``"auto"`` -> bfloat16 on GPU/TPU, None (the model's own dtype) on CPU; any
-  other value as given. Parameters and optimizer state stay float32 either way."""
-  if compute_dtype != "auto":
-    return compute_dtype
-  backend = jax.default_backend() if backend is None else backend
-  return ACCELERATOR_COMPUTE_DTYPE if backend in ("gpu", "tpu", "cuda",
-                                                  "rocm") else None
-
-
-def with_compute_dtype(model, dtype) -> Any:
-  """A copy of ``model`` whose backbone computes in ``dtype`` (params stay f32)."""
-  dtype = jnp.dtype(dtype)
-  module = model.module
-  config = module.config.replace(dtype=dtype)
-  new = copy.copy(model)
-  new.module = module.clone(config=config)
-  new.config = config
-  return new
 
 
 def _writes_summaries() -> bool:
@@ -176,36 +154,25 @@ def train(*,
           batch_size: int,
           sequence_lengths: Mapping[str, int],
           optimizer: Optional[optimizers.GroupedOptimizer] = None,
-          split: str = "train",
-          shuffle: bool = True,
-          data_seed: int = 0,
-          pack: bool = False,
           seed: int = 0,
-          num_microbatches: int = 1,
-          compute_dtype: Optional[str] = "auto",
-          mesh: Optional[jax.sharding.Mesh] = None,
-          mesh_shape: Optional[Sequence[int]] = None,
-          num_partitions: int = 1,
-          fsdp: bool = False,
-          rules: Optional[partitioning.Rules] = None,
+          data_seed: int = 0,
+          batching: Optional[Batching] = None,
+          parallelism: Optional[Parallelism] = None,
           initial_restore: Optional[init_restore_lib.InitialRestore] = None,
-          checkpoint_period: int = 1000,
-          keep_checkpoints: Optional[int] = None,
-          async_checkpoints: bool = True,
-          summary_period: int = 100,
+          checkpointing: Optional[Checkpointing] = None,
+          summaries: Optional[Summaries] = None,
           eval_period: int = 0,
           evaluation: Optional[train_eval.TrainEval] = None,
-          peak_flops_per_device: Optional[float] = None,
-          progress: bool = True,
           hooks: Sequence[Hook] = (),
           dataset_fn: Optional[Callable[..., Any]] = None,
           compiler_options: Optional[Mapping[str, Any]] = None,
-          instruction_group_size: int = 1,
-          check: Optional[preflight.CheckOptions] = None) -> TrainResult:
+          check: Optional[preflight.CheckOptions] = None,
+          compute_dtype: Any = None) -> TrainResult:
   """Trains ``model`` on a seqio task or mixture (see the module docstring).
 
   Args:
-    model: an ``EncoderDecoderModel`` (gin: ``@make_model()``).
+    model: an ``EncoderDecoderModel`` (gin: ``@make_model()``); it computes in its
+      own dtype (``models.make_model.dtype``, "auto": bfloat16 on GPU/TPU).
     model_dir: ``MODEL_DIR``; created if needed; resumed from if it holds a
       checkpoint.
     mixture_or_task_name: seqio task or mixture to train on.
@@ -214,105 +181,81 @@ def train(*,
     sequence_lengths: ``{"hyper_inputs", "inputs", "targets"}`` lengths.
     optimizer: a ``GroupedOptimizer`` (gin: ``@adafactor_dual()`` ...); default
       ``optimizers.adafactor_dual()``.
-    split, shuffle, data_seed, pack: input pipeline settings.
     seed: parameter-initialisation and dropout seed.
-    num_microbatches: gradient accumulation steps per batch.
-    compute_dtype: e.g. ``"bfloat16"``: the backbone computes in it; parameters
-      and optimizer state stay float32. ``"auto"`` (default): bfloat16 on GPU and
-      TPU, the model's dtype on CPU; None: always the model's dtype.
-    mesh: a ready ``('data', 'model')`` mesh (e.g. over a subset of devices);
-      default built from ``mesh_shape`` / ``num_partitions``.
-    mesh_shape: ``(data, model)``; default ``(num_devices / num_partitions,
-      num_partitions)``.
-    num_partitions: model-parallel size when ``mesh_shape`` is not given.
-    fsdp: shard parameters and optimizer state over ``data`` too.
-    rules: logical-axis rules table; default ``partitioning.logical_axis_rules(fsdp)``.
+    data_seed: input shuffling seed.
+    batching: how batches are formed (``train_config.Batching``; default its
+      defaults).
+    parallelism: mesh and parameter placement (``train_config.Parallelism``).
     initial_restore: where a new run starts from (ignored when resuming).
-    checkpoint_period, keep_checkpoints, async_checkpoints: checkpointing.
-    summary_period: steps per TensorBoard summary / progress line.
+    checkpointing: ``train_config.Checkpointing``.
+    summaries: ``train_config.Summaries`` (TensorBoard, progress line, MFU).
     eval_period: evaluate every this many steps (0: never), with ``evaluation``.
     evaluation: a ``TrainEval`` (what to evaluate on).
-    peak_flops_per_device: for MFU; default by device kind or measured.
-    progress: print a progress line every summary.
     hooks: ``hook(step, state, metrics)`` after every step (device metrics).
     dataset_fn: optional ``dataset_fn(start_batch=, shard_id=, num_shards=,
       batch_size=)`` returning an iterator of numpy batches, instead of the seqio
       pipeline.
     compiler_options: XLA options for the train step, e.g.
       ``{"xla_backend_optimization_level": 0}`` to compile tiny CPU runs faster.
-    instruction_group_size: ``g > 1`` batches ``g`` examples of one instruction
-      together and runs the hypernetwork once per group (``B / g`` instruction
-      encodings per step instead of ``B``; see ``pipeline.get_dataset``). The
-      number of groups must divide by the data-parallel size and
-      ``num_microbatches``.
     check: ``--check``: resolve and check everything (data, vocabulary, lengths,
       mesh, restore plan, lowered step; see ``preflight.py``) without training or
       writing anything.
+    compute_dtype: removed; an error naming the one dtype knob,
+      ``models.make_model.dtype``.
 
   Returns:
     ``TrainResult(state, history, restore_report, preempted)``; with ``check`` a
     ``preflight.CheckReport``.
   """
+  if compute_dtype is not None:
+    raise ValueError(
+        f"train.compute_dtype={compute_dtype!r} is gone: the model's dtype is the "
+        "one dtype knob. Set models.make_model.dtype ('auto': bfloat16 on GPU/TPU, "
+        "float32 on CPU; or 'bfloat16' / 'float32'), in gin/runs/*.gin via "
+        "COMPUTE_DTYPE.")
+  batching = batching or Batching()
+  parallelism = parallelism or Parallelism()
+  checkpointing = checkpointing or Checkpointing()
+  summaries = summaries or Summaries()
   partitioning.maybe_initialize_distributed()
   if check is None:
     model_dir = check_model_dir(model_dir)
   elif not model_dir:
     raise ValueError("MODEL_DIR is not set.")
   optimizer = optimizers.adafactor_dual() if optimizer is None else optimizer
-  compute_dtype = resolve_compute_dtype(compute_dtype)
-  if compute_dtype:
-    model = with_compute_dtype(model, compute_dtype)
+  mesh = parallelism.mesh
   if mesh is None:
-    mesh = partitioning.make_mesh(mesh_shape, num_partitions)
-  rules = partitioning.logical_axis_rules(fsdp=fsdp) if rules is None else rules
-  data_size = mesh.shape[partitioning.DATA]
-  if batch_size % data_size or batch_size % jax.process_count():
-    raise ValueError(f"batch_size={batch_size} must be divisible by the data-parallel "
-                     f"size {data_size} and the number of processes "
-                     f"{jax.process_count()}.")
-  if num_microbatches < 1 or batch_size % num_microbatches:
-    raise ValueError(f"batch_size={batch_size} is not divisible by "
-                     f"num_microbatches={num_microbatches}.")
-  group = int(instruction_group_size)
-  if group > 1:
-    groups = batch_size // group if batch_size % group == 0 else None
-    if (groups is None or groups % data_size or groups % num_microbatches
-        or groups % jax.process_count()):
-      raise ValueError(
-          f"instruction_group_size={group}: batch_size={batch_size} must hold a "
-          f"whole number of groups, divisible by the data-parallel size "
-          f"{data_size}, num_microbatches={num_microbatches} and the number of "
-          f"processes {jax.process_count()}.")
-    if dataset_fn is not None:
-      raise ValueError("instruction_group_size applies to the seqio pipeline; a "
-                       "dataset_fn must group (and dedupe) instructions itself.")
-
+    mesh = partitioning.make_mesh(parallelism.mesh_shape, parallelism.num_partitions)
+  rules = parallelism.rules
+  if rules is None:
+    rules = partitioning.logical_axis_rules(fsdp=parallelism.fsdp)
+  _check_batch_split(batch_size, batching, mesh.shape[partitioning.DATA],
+                     dataset_fn is not None)
   if dataset_fn is None:
-    from hyper_tasks.data import pipeline  # pylint: disable=g-import-not-at-top
-    from hyper_tasks.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
     pipeline.check_vocabulary([mixture_or_task_name], model.config.vocab_size,
                               where="train")
     if _writes_summaries() and check is None:
       vocab_lib.save_to_model_dir(pipeline.task_vocabulary(mixture_or_task_name),
                                   model_dir)
   preflight.check_lengths(sequence_lengths, model)
+  data_fn = _data_fn(dataset_fn, mixture_or_task_name, sequence_lengths, batching,
+                     data_seed)
   if check is not None:
     return _check(check, model, optimizer, mesh, rules, sequence_lengths, batch_size,
-                  mixture_or_task_name, split, shuffle, data_seed, pack, group,
-                  num_microbatches, compiler_options, initial_restore, model_dir,
-                  dataset_fn)
+                  mixture_or_task_name, batching.num_microbatches, compiler_options,
+                  initial_restore, model_dir, data_fn)
 
   in_main_thread = threading.current_thread() is threading.main_thread()
   checkpoints.clear_preemption()
   uninstall = checkpoints.install_preemption_handler() if in_main_thread else None
-  ckpt = checkpoints.Checkpointer(model_dir, checkpoint_period, keep_checkpoints,
-                                  async_save=async_checkpoints)
-  summaries = None
+  ckpt = checkpoints.Checkpointer(model_dir, checkpointing.period, checkpointing.keep,
+                                  async_save=checkpointing.async_save)
+  writer = None
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       input_shapes = ts_lib.init_input_shapes(sequence_lengths)
-      fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
-                      compiler_options)
+      fns = _compiled(model, optimizer, mesh, rules, input_shapes,
+                      batching.num_microbatches, compiler_options)
       state, batches, report = _starting_state(fns, seed, ckpt, initial_restore,
                                                model_dir, mixture_or_task_name)
 
@@ -322,18 +265,8 @@ def train(*,
         return TrainResult(state, [], report, False)
 
       shard_id, num_shards = partitioning.host_shard_info()
-      local_batch = batch_size // num_shards
-      if dataset_fn is not None:
-        data = dataset_fn(start_batch=batches, shard_id=shard_id,
-                          num_shards=num_shards, batch_size=local_batch)
-      else:
-        from hyper_tasks.data import pipeline  # pylint: disable=g-import-not-at-top
-        data = pipeline.get_dataset(
-            mixture_or_task_name, split, sequence_lengths, local_batch,
-            shuffle=shuffle, seed=data_seed, shard_id=shard_id,
-            num_shards=num_shards, pack=pack, start_batch=batches,
-            instruction_group_size=group)
-      data = iter(data)
+      data = iter(data_fn(start_batch=batches, shard_id=shard_id,
+                          num_shards=num_shards, batch_size=batch_size // num_shards))
 
       batch = partitioning.global_batch(next(data), mesh)
       shapes = jax.tree.map(lambda x: x.shape, batch)
@@ -342,15 +275,15 @@ def train(*,
         fns.flops[shapes_key] = summaries_lib.step_flops(
             fns.step.lower(state, batch), model, shapes)
       flops = fns.flops[shapes_key]
-      peak = summaries_lib.peak_flops_per_device(peak_flops_per_device)
-      summaries = summaries_lib.TrainSummaries(
+      peak = summaries_lib.peak_flops_per_device(summaries.peak_flops_per_device)
+      writer = summaries_lib.TrainSummaries(
           model_dir, num_steps, flops, peak, mesh.size, write=_writes_summaries(),
-          progress=progress and _writes_summaries())
+          progress=summaries.progress and _writes_summaries())
       if _writes_summaries():
-        _write_config(model_dir)
+        gin_utils.write_operative_config(model_dir)
 
       pending, last, preempted = [], None, False
-      summaries.reset_clock()
+      writer.reset_clock()
       while True:
         state, metrics = fns.step(state, batch)
         step += 1
@@ -362,9 +295,9 @@ def train(*,
         for hook in hooks:
           hook(step, state, metrics)
         done = step >= num_steps
-        if step % summary_period == 0 or done:
+        if step % summaries.period == 0 or done:
           _check_finite(*last, ckpt)
-          summaries.write(step, pending)
+          writer.write(step, pending)
           pending = []
         if eval_period and evaluation is not None and (step % eval_period == 0 or
                                                        done):
@@ -373,10 +306,10 @@ def train(*,
           with nn.logical_axis_rules(()):
             train_eval.run(evaluation, model, state.params, step, model_dir,
                            sequence_lengths)
-          summaries.reset_clock()
+          writer.reset_clock()
         preempted = checkpoints.preemption_requested(
             sync_hosts=jax.process_count() > 1)
-        if done or preempted or step % checkpoint_period == 0:
+        if done or preempted or step % checkpointing.period == 0:
           _check_finite(*last, ckpt)
           ckpt.save(step, state, {"batches": batches,
                                   "dataset": mixture_or_task_name}, force=True)
@@ -386,18 +319,58 @@ def train(*,
       if preempted:
         logging.warning("Preempted: saved step %d and stopped.", step)
       ckpt.wait_until_finished()
-      return TrainResult(state, summaries.history, report, preempted)
+      return TrainResult(state, writer.history, report, preempted)
   finally:
     ckpt.close()
-    if summaries is not None:
-      summaries.close()
+    if writer is not None:
+      writer.close()
     if uninstall is not None:
       uninstall()
 
 
+def _check_batch_split(batch_size: int, batching: Batching, data_size: int,
+                       own_dataset_fn: bool) -> None:
+  """The global batch splits over hosts, the data axis, microbatches and groups."""
+  num_microbatches = batching.num_microbatches
+  if batch_size % data_size or batch_size % jax.process_count():
+    raise ValueError(f"batch_size={batch_size} must be divisible by the data-parallel "
+                     f"size {data_size} and the number of processes "
+                     f"{jax.process_count()}.")
+  if num_microbatches < 1 or batch_size % num_microbatches:
+    raise ValueError(f"batch_size={batch_size} is not divisible by "
+                     f"num_microbatches={num_microbatches}.")
+  group = int(batching.instruction_group_size)
+  if group > 1:
+    groups = batch_size // group if batch_size % group == 0 else None
+    if (groups is None or groups % data_size or groups % num_microbatches
+        or groups % jax.process_count()):
+      raise ValueError(
+          f"instruction_group_size={group}: batch_size={batch_size} must hold a "
+          f"whole number of groups, divisible by the data-parallel size "
+          f"{data_size}, num_microbatches={num_microbatches} and the number of "
+          f"processes {jax.process_count()}.")
+    if own_dataset_fn:
+      raise ValueError("instruction_group_size applies to the seqio pipeline; a "
+                       "dataset_fn must group (and dedupe) instructions itself.")
+
+
+def _data_fn(dataset_fn, name: str, sequence_lengths: Mapping[str, int],
+             batching: Batching, data_seed: int) -> Callable[..., Any]:
+  """``dataset_fn``, or the seqio pipeline behind the same signature."""
+  if dataset_fn is not None:
+    return dataset_fn
+
+  def seqio_batches(start_batch, shard_id, num_shards, batch_size):
+    return pipeline.get_dataset(
+        name, batching.split, sequence_lengths, batch_size,
+        shuffle=batching.shuffle, seed=data_seed, shard_id=shard_id,
+        num_shards=num_shards, pack=batching.pack, start_batch=start_batch,
+        instruction_group_size=int(batching.instruction_group_size))
+  return seqio_batches
+
+
 def _check(options, model, optimizer, mesh, rules, sequence_lengths, batch_size,
-           name, split, shuffle, data_seed, pack, group, num_microbatches,
-           compiler_options, initial, model_dir, dataset_fn
+           name, num_microbatches, compiler_options, initial, model_dir, data_fn
            ) -> preflight.CheckReport:
   """``train(check=...)``: everything up to the first step, nothing run or written."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -405,27 +378,14 @@ def _check(options, model, optimizer, mesh, rules, sequence_lengths, batch_size,
     fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
                     compiler_options)
     shard_id, num_shards = partitioning.host_shard_info()
-    local_batch = batch_size // num_shards
-    if dataset_fn is not None:
-      data = dataset_fn(start_batch=0, shard_id=shard_id, num_shards=num_shards,
-                        batch_size=local_batch)
-    else:
-      from hyper_tasks.data import pipeline  # pylint: disable=g-import-not-at-top
-      data = pipeline.get_dataset(
-          name, split, sequence_lengths, local_batch, shuffle=shuffle,
-          seed=data_seed, shard_id=shard_id, num_shards=num_shards, pack=pack,
-          instruction_group_size=group)
+    data = data_fn(start_batch=0, shard_id=shard_id, num_shards=num_shards,
+                   batch_size=batch_size // num_shards)
     batch = next(iter(data))
     return preflight.train_report(
         model=model, optimizer=optimizer, fns=fns, mesh=mesh,
         sequence_lengths=sequence_lengths, batch_size=batch_size, batch=batch,
         initial_restore=initial, model_dir=model_dir, options=options,
         mixture_or_task_name=name, num_microbatches=num_microbatches)
-
-
-def _write_config(model_dir: str) -> None:
-  from hyper_tasks import gin_utils  # pylint: disable=g-import-not-at-top
-  gin_utils.write_operative_config(model_dir)
 
 
 def _starting_state(fns: _Compiled, seed, ckpt, initial, model_dir, dataset_name):

@@ -10,6 +10,7 @@ from tests.train import train_testlib as lib
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import trainer
+from hyper_tasks.train.train_config import Checkpointing, Summaries
 
 lib.enable_compilation_cache()
 
@@ -22,8 +23,8 @@ def _run(model_dir, num_steps, hooks=()):
   return trainer.train(
       model=MODEL, model_dir=str(model_dir), mixture_or_task_name="toy_train",
       num_steps=num_steps, batch_size=4, sequence_lengths=lib.LENGTHS,
-      optimizer=OPTIMIZER, checkpoint_period=8, summary_period=5,
-      async_checkpoints=True, progress=False, hooks=hooks)
+      optimizer=OPTIMIZER, checkpointing=Checkpointing(period=8, async_save=True),
+      summaries=Summaries(period=5, progress=False), hooks=hooks)
 
 
 def _sigterm_at(step):

@@ -16,7 +16,7 @@ import jax, numpy as np
 from jax.sharding import Mesh
 from tests.train import train_testlib as lib
 lib.enable_compilation_cache()
-from hyper_tasks.train import optimizers, partitioning, trainer
+from hyper_tasks.train import optimizers, partitioning, train_config, trainer
 
 assert jax.device_count() == 8, jax.devices()
 model = lib.tiny_t5(dropout_rate=0.0)
@@ -26,8 +26,10 @@ def run(mesh, **kwargs):
   return trainer.train(
       model=model, model_dir=tempfile.mkdtemp(), mixture_or_task_name="synthetic",
       num_steps=3, batch_size=8, sequence_lengths=lib.LENGTHS, optimizer=optimizer,
-      mesh=mesh, dataset_fn=lib.synthetic_batches, summary_period=1,
-      checkpoint_period=1000, progress=False, **kwargs)
+      parallelism=train_config.Parallelism(mesh=mesh, **kwargs),
+      dataset_fn=lib.synthetic_batches,
+      summaries=train_config.Summaries(period=1, progress=False),
+      checkpointing=train_config.Checkpointing(period=1000))
 
 def spec(x):
   return [a if a is None or isinstance(a, str) else list(a) for a in x.sharding.spec]

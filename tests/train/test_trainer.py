@@ -12,6 +12,7 @@ from hyper_tasks.models.model_api import EncoderDecoderModel
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import trainer
+from hyper_tasks.train.train_config import Batching, Checkpointing, Summaries
 
 lib.enable_compilation_cache()
 
@@ -25,13 +26,13 @@ TRAIN_SCALARS = ("loss", "z_loss", "accuracy", "learning_rate/backbone",
 
 
 def _train(model_dir, model=T5, optimizer=OPT, num_steps=12, **kwargs):
-  kwargs.setdefault("summary_period", 1)
-  kwargs.setdefault("checkpoint_period", 1000)
+  kwargs.setdefault("summaries", Summaries(period=1, progress=False))
+  kwargs.setdefault("checkpointing", Checkpointing(period=1000))
   kwargs.setdefault("dataset_fn", lib.synthetic_batches)
   return trainer.train(
       model=model, model_dir=str(model_dir), mixture_or_task_name="synthetic",
       num_steps=num_steps, batch_size=4, sequence_lengths=lib.LENGTHS,
-      optimizer=optimizer, progress=False, **kwargs)
+      optimizer=optimizer, **kwargs)
 
 
 def _scalar_tags(logdir):
@@ -66,7 +67,7 @@ def test_loss_falls_and_everything_is_written(trained):
 
 def test_microbatching_matches_the_full_batch(tmp_path, trained):
   _, full = trained
-  micro = _train(tmp_path, num_steps=3, num_microbatches=2)
+  micro = _train(tmp_path, num_steps=3, batching=Batching(num_microbatches=2))
   np.testing.assert_allclose([h["loss"] for h in micro.history],
                              [h["loss"] for h in full.history[:3]], rtol=2e-5)
 
@@ -75,7 +76,8 @@ def test_microbatching_matches_the_full_batch(tmp_path, trained):
 def test_microbatching_matches_the_full_batch_summed_or_constant(tmp_path, factor):
   """t5x's summed (HINT) and constant normalisers: microbatch gradients add up."""
   model = EncoderDecoderModel(T5.module, loss_normalizing_factor=factor)
-  runs = [_train(tmp_path / str(m), model, num_steps=2, num_microbatches=m)
+  runs = [_train(tmp_path / str(m), model, num_steps=2,
+                 batching=Batching(num_microbatches=m))
           for m in (1, 2)]
   np.testing.assert_allclose([h["loss"] for h in runs[1].history],
                              [h["loss"] for h in runs[0].history], rtol=2e-5)
@@ -101,7 +103,8 @@ def test_grouped_instructions_match_repeated_ones(tmp_path):
   runs = {}
   # Grouped and microbatched: whole groups must go to one microbatch.
   for name, dedupe, micro in (("full", False, 1), ("grouped_micro", True, 2)):
-    result = _train(tmp_path / name, model, num_steps=3, num_microbatches=micro,
+    result = _train(tmp_path / name, model, num_steps=3,
+                    batching=Batching(num_microbatches=micro),
                     dataset_fn=_instruction_groups(dedupe))
     runs[name] = result
   losses = {k: [h["loss"] for h in r.history] for k, r in runs.items()}
@@ -140,7 +143,7 @@ def test_grouped_instructions_bad_sizes_are_clear_errors(tmp_path):
   model = lib.tiny_hint(dropout_rate=0.0)
   with pytest.raises(ValueError, match="instruction_group_size=3"):
     _train(tmp_path / "a", model, num_steps=1, dataset_fn=None,
-           instruction_group_size=3)
+           batching=Batching(instruction_group_size=3))
   with pytest.raises(ValueError, match="cannot serve 4 examples"):
     _train(tmp_path / "b", model, num_steps=1, dataset_fn=_odd_groups)
 
@@ -184,8 +187,8 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   optimizer = optimizers.make_optimizer(
       [optimizers.ParamGroup("all", "", _nan_after(3))])
   with pytest.raises(FloatingPointError, match=r"at step 4\b"):
-    _train(tmp_path, optimizer=optimizer, num_steps=8, checkpoint_period=2,
-           async_checkpoints=False)
+    _train(tmp_path, optimizer=optimizer, num_steps=8,
+           checkpointing=Checkpointing(period=2, async_save=False))
   with checkpoints.Checkpointer(str(tmp_path), async_save=False) as ckpt:
     assert ckpt.all_steps() == [2]
     state, _ = ckpt.restore()
@@ -203,14 +206,20 @@ def test_unwritable_model_dir_is_a_clear_error(tmp_path):
 
 def test_bad_batch_size_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="num_microbatches=3"):
-    _train(tmp_path, num_steps=1, num_microbatches=3)
+    _train(tmp_path, num_steps=1, batching=Batching(num_microbatches=3))
 
 
 def test_bfloat16_compute_keeps_float32_state(tmp_path, trained):
   _, full = trained
-  result = _train(tmp_path, num_steps=2, compute_dtype="bfloat16")
+  result = _train(tmp_path, lib.tiny_t5(dropout_rate=0.0, dtype=jnp.bfloat16),
+                  num_steps=2)
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(result.state.params))
   losses = [h["loss"] for h in result.history]
   # Same data and init: close to the float32 run, but computed in bfloat16.
   np.testing.assert_allclose(losses, [h["loss"] for h in full.history[:2]], rtol=0.05)
   assert losses[0] != full.history[0]["loss"]
+
+
+def test_train_compute_dtype_points_at_the_model_dtype(tmp_path):
+  with pytest.raises(ValueError, match="models.make_model.dtype"):
+    _train(tmp_path, num_steps=1, compute_dtype="bfloat16")

@@ -25,6 +25,7 @@ from hyper_tasks.train import train_eval
 from hyper_tasks.train import train_state as ts_lib
 from hyper_tasks import tree_utils
 from hyper_tasks.train import trainer
+from hyper_tasks.train.train_config import Checkpointing, Summaries
 
 lib.enable_compilation_cache()
 
@@ -48,7 +49,8 @@ def _train(model_dir, task, **kwargs):
   return trainer.train(
       model=MODEL, model_dir=str(model_dir), mixture_or_task_name=task,
       num_steps=STEPS, batch_size=4, sequence_lengths=lib.LENGTHS, optimizer=OPT,
-      summary_period=1, checkpoint_period=1000, progress=False, **kwargs)
+      summaries=Summaries(period=1, progress=False),
+      checkpointing=Checkpointing(period=1000), **kwargs)
 
 
 def _falls(history):
@@ -184,8 +186,9 @@ def test_restore_t5x_checkpoint_and_train(shared_data, tmp_path):
   result = trainer.train(
       model=model, model_dir=str(tmp_path), mixture_or_task_name="synthetic",
       num_steps=2, batch_size=4, sequence_lengths=lib.LENGTHS, optimizer=optimizer,
-      initial_restore=restore, dataset_fn=lib.synthetic_batches, summary_period=1,
-      checkpoint_period=1000, progress=False)
+      initial_restore=restore, dataset_fn=lib.synthetic_batches,
+      summaries=Summaries(period=1, progress=False),
+      checkpointing=Checkpointing(period=1000))
   assert int(result.state.step) == 2
   assert np.isfinite([h["loss"] for h in result.history]).all()
   with checkpoints.Checkpointer(str(tmp_path), async_save=False) as ckpt:

@@ -1,22 +1,23 @@
-"""Accelerator runs compute in bfloat16 by default; parameters stay float32."""
+"""Accelerator runs compute in bfloat16 by default (the model's dtype 'auto');
+parameters stay float32."""
 import jax.numpy as jnp
 
 from hyper_tasks.models import builders
-from hyper_tasks.train import trainer
 
 
 def test_auto_compute_dtype_is_bfloat16_on_accelerators_only():
-  assert trainer.resolve_compute_dtype("auto", backend="gpu") == "bfloat16"
-  assert trainer.resolve_compute_dtype("auto", backend="tpu") == "bfloat16"
-  assert trainer.resolve_compute_dtype("auto", backend="cpu") is None
-  assert trainer.resolve_compute_dtype(None, backend="gpu") is None
-  assert trainer.resolve_compute_dtype("float32", backend="tpu") == "float32"
+  assert builders.resolve_compute_dtype("auto", backend="gpu") == "bfloat16"
+  assert builders.resolve_compute_dtype("auto", backend="tpu") == "bfloat16"
+  assert builders.resolve_compute_dtype("auto", backend="cpu") is None
+  assert builders.resolve_compute_dtype(None, backend="gpu") is None
+  assert builders.resolve_compute_dtype("float32", backend="tpu") == "float32"
 
 
 def test_compute_dtype_changes_the_computation_not_the_parameters():
   model = builders.make_model(size="tiny", hypernet="none")
-  bf16 = trainer.with_compute_dtype(model, trainer.resolve_compute_dtype(
-      "auto", backend="tpu"))
+  bf16 = builders.make_model(size="tiny", hypernet="none",
+                             dtype=builders.resolve_compute_dtype("auto",
+                                                                  backend="tpu"))
   assert bf16.config.dtype == jnp.bfloat16 and model.config.dtype == jnp.float32
   import jax  # pylint: disable=g-import-not-at-top
   shapes = {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4),
