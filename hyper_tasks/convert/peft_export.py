@@ -63,6 +63,7 @@ from hyper_tasks.convert import hf
 from hyper_tasks.models.adaptation import Adaptation
 from hyper_tasks.models.peft_spec import (AdapterSpec, IA3Spec, LoraSpec, PeftSpec,
                                           PrefixSpec, PromptSpec, Slot)
+from hyper_tasks.models.transformer import Transformer
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -163,7 +164,6 @@ def task_adaptation(model, params, hyper_encoder_input_tokens=None,
     if tokens.ndim != 2 or tokens.shape[0] != 1:
       raise ExportError("export: one instruction at a time; got "
                         f"hyper_encoder_input_tokens of shape {tokens.shape}.")
-    from hyper_tasks.models.transformer import Transformer
     adaptation = module.apply({"params": params}, tokens.astype(np.int32),
                               method=Transformer.encode_instruction)
   elif adaptation is None:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -39,10 +40,12 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from hyper_tasks.data import pipeline
 from hyper_tasks.train import checkpoint_formats
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore as init_restore_lib
 from hyper_tasks.train import param_restore
+from hyper_tasks.train import summaries as summaries_lib
 from hyper_tasks import tree_utils
 
 LENGTH_KEYS = ("hyper_inputs", "inputs", "targets")
@@ -105,7 +108,6 @@ def verify_devices(wanted: Optional[int]) -> None:
 
 def print_failure(error: BaseException) -> int:
   """``--check`` failed: the reason on stderr (no traceback); exit status 1."""
-  import sys  # pylint: disable=g-import-not-at-top
   logging.debug("check failed", exc_info=error)
   print(f"check FAILED: {type(error).__name__}: {error}", file=sys.stderr,
         flush=True)
@@ -266,7 +268,6 @@ def train_report(*, model, optimizer, fns, mesh, sequence_lengths, batch_size,
                  options: CheckOptions, mixture_or_task_name: str,
                  num_microbatches: int) -> CheckReport:
   """The train entry point's check, once the trainer resolved everything."""
-  from hyper_tasks.train import summaries as summaries_lib  # pylint: disable=g-import-not-at-top
   report = CheckReport("train")
   layout = fns.layout
   report.add("data", f"{mixture_or_task_name}: one batch of {batch_size} read, "
@@ -344,7 +345,6 @@ def eval_report(*, kind: str, model, names: Sequence[str], split: str,
                 abstract_params: Any, checkpoint_format: str = "auto",
                 assignment_map=()) -> CheckReport:
   """The eval / infer entry points' check: data, lengths, checkpoint trees."""
-  from hyper_tasks.data import pipeline  # pylint: disable=g-import-not-at-top
   report = CheckReport(kind)
   check_lengths(sequence_lengths, model)
   for name in names:

@@ -16,6 +16,9 @@ from typing import Any, Optional, Union
 import gin
 import jax
 
+from hyper_tasks.evaluation import evaluator
+from hyper_tasks.evaluation import report as report_lib
+
 EVAL_SUBDIR = "eval"
 
 
@@ -50,9 +53,6 @@ class TrainEval:
 def run(cfg: TrainEval, model, params, step: int, model_dir: str,
         train_sequence_lengths: Mapping[str, int]) -> dict:
   """Evaluates ``params`` at ``step`` and writes the report; returns it."""
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks.evaluation import evaluator
-  from hyper_tasks.evaluation import report as report_lib
   rep = evaluator.evaluate_many(
       model, params, cfg.names, split=cfg.split,
       sequence_lengths=dict(cfg.sequence_lengths or train_sequence_lengths),
