@@ -27,13 +27,24 @@ from typing import Any, Optional
 
 import numpy as np
 
+from hyper_tasks import diagnose
+from hyper_tasks import eval as eval_lib
+from hyper_tasks import infer as infer_lib
+from hyper_tasks import tree_utils
+from hyper_tasks.convert import hf
+from hyper_tasks.convert import t5x_checkpoint
+from hyper_tasks.data import cli as data_cli
+from hyper_tasks.models.config import T5Config
+from hyper_tasks.train import __main__ as train_main
+from hyper_tasks.train import checkpoint_formats
+from hyper_tasks.train import checkpoints as train_checkpoints
+
 COMMANDS = ("train", "eval", "infer", "diagnose", "list", "show", "convert")
 
 
 def _params_only_checkpoint(params: Any, out_dir: str) -> str:
   """Writes ``{"params": params}`` as step 0 of ``out_dir/checkpoints``."""
-  from hyper_tasks.train import checkpoints  # pylint: disable=g-import-not-at-top
-  with checkpoints.Checkpointer(out_dir, async_save=False, config_str="") as ckpt:
+  with train_checkpoints.Checkpointer(out_dir, async_save=False, config_str="") as ckpt:
     if ckpt.latest_step() is not None:
       raise FileExistsError(f"{ckpt.directory} already holds checkpoints "
                             f"{ckpt.all_steps()}; choose an empty directory.")
@@ -49,7 +60,6 @@ def config_from_params(flat: Mapping[str, Any], **overrides):
   distance, layer-norm epsilon, activation of a non-gated MLP) take T5's defaults
   unless given in ``overrides``.
   """
-  from hyper_tasks.models.config import T5Config  # pylint: disable=g-import-not-at-top
   shape = lambda k: tuple(np.shape(flat[k]))
   vocab, d_model = shape("token_embedder/embedding")
   heads, buckets = shape("encoder/relpos_bias/rel_embedding")
@@ -90,19 +100,13 @@ def convert(argv: Sequence[str]) -> int:
   p.add_argument("hf_dir")
   p.add_argument("--step", type=int, default=None)
   args = parser.parse_args(argv)
-  # pylint: disable=g-import-not-at-top
-  from hyper_tasks import tree_utils
   if args.direction == "hf-to-ours":
-    from hyper_tasks.convert import hf
     _, params = hf.load_t5(args.hf_dir)
     out = _params_only_checkpoint(params, args.out_dir)
   elif args.direction == "t5x-to-ours":
-    from hyper_tasks.convert import t5x_checkpoint
     flat, _, _ = t5x_checkpoint.load_t5x_checkpoint(args.t5x_path, args.step)
     out = _params_only_checkpoint(tree_utils.unflatten(flat), args.out_dir)
   else:
-    from hyper_tasks.convert import hf
-    from hyper_tasks.train import checkpoint_formats
     ckpt = checkpoint_formats.read_checkpoint(args.model_dir, "ours", args.step)
     flat, step = ckpt.params, ckpt.step
     backbone = {k: np.asarray(v) for k, v in flat.items()
@@ -122,21 +126,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "-h", "--help") else sys.stdout)
     return 0 if argv and argv[0] in ("-h", "--help") else 2
   command, rest = argv[0], argv[1:]
-  # pylint: disable=g-import-not-at-top
   if command == "train":
-    from hyper_tasks.train import __main__ as train_main
     return train_main.main(rest)
   if command == "eval":
-    from hyper_tasks import eval as eval_lib
     return eval_lib.main(rest)
   if command == "infer":
-    from hyper_tasks import infer as infer_lib
     return infer_lib.main(rest)
   if command == "diagnose":
-    from hyper_tasks import diagnose
     return diagnose.main(rest)
   if command in ("list", "show"):
-    from hyper_tasks.data import cli as data_cli
     return data_cli.main([command] + rest)
   return convert(rest)
 
