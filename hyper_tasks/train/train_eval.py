@@ -34,7 +34,7 @@ class TrainEval:
     sequence_lengths: default: the training lengths.
     batch_size: evaluation batch size.
     max_examples: cap on examples per task (quick checks).
-    evaluate_kwargs: further ``evaluate_many`` arguments (``decode_method``,
+    evaluate_kwargs: further ``EvalOptions`` fields (``decode_method``,
       ``controls``, ...).
   """
   mixture_or_task_names: Union[str, Sequence[str]]
@@ -53,11 +53,12 @@ class TrainEval:
 def run(cfg: TrainEval, model, params, step: int, model_dir: str,
         train_sequence_lengths: Mapping[str, int]) -> dict:
   """Evaluates ``params`` at ``step`` and writes the report; returns it."""
-  rep = evaluator.evaluate_many(
-      model, params, cfg.names, split=cfg.split,
+  options = evaluator.EvalOptions(
+      split=cfg.split,
       sequence_lengths=dict(cfg.sequence_lengths or train_sequence_lengths),
       batch_size=cfg.batch_size, max_examples=cfg.max_examples, step=step,
       config_str=gin.config_str(), progress=False, **dict(cfg.evaluate_kwargs))
+  rep = evaluator.evaluate_many(model, params, cfg.names, options)
   if jax.process_index() == 0:
     report_lib.write_report(model_dir, rep)
     report_lib.write_scalars(os.path.join(model_dir, EVAL_SUBDIR), step,
