@@ -259,6 +259,13 @@ class Attention(nn.Module):
   Queries ``[B|-, Q, Dq]`` (unbatched learned queries broadcast), keys/values
   ``[B, L, Dkv]``, optional boolean ``mask [B, L]`` (True = visible). Returns
   ``[B, Q, out_features]``.
+
+  Memory: unbatched queries (HINT's learned slot queries) are projected once, not
+  once per example, and the scores are computed ``row_chunk`` query rows at a time,
+  so the largest intermediate is ``[B, heads, row_chunk, L]`` rather than
+  ``[B, heads, Q, L]`` (Q is 5-10k slot rows at real sizes). The result is the
+  same as unchunked attention (each row's softmax is its own); with dropout each
+  chunk draws its own mask.
   """
   num_heads: int
   head_dim: int
@@ -267,29 +274,61 @@ class Attention(nn.Module):
   kv_axis: str = "hyper_embed"
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  row_chunk: Optional[int] = 1024
 
   @nn.compact
   def __call__(self, q_in, kv_in, mask=None, deterministic: bool = True):
     hk = self.num_heads * self.head_dim
     b = kv_in.shape[0]
-    if q_in.ndim == 2:
-      q_in = jnp.broadcast_to(q_in[None], (b,) + q_in.shape)
     dense = lambda axis, name: HyperDense(hk, (axis, "hyper_heads"), use_bias=False,
                                           dtype=self.dtype, name=name)
-    q = dense(self.q_axis, "query")(q_in)
-    k = dense(self.kv_axis, "key")(kv_in)
-    v = dense(self.kv_axis, "value")(kv_in)
-    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
-    q, k, v = split(q), split(k), split(v)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    scores = scores * self.head_dim ** -0.5
-    if mask is not None:
-      scores = jnp.where(mask[:, None, None, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, -1, hk)
+    split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
+    # [Q, H, d] (shared by the batch) or [B, Q, H, d].
+    q = split(dense(self.q_axis, "query")(q_in))
+    k = split(dense(self.kv_axis, "key")(kv_in))
+    v = split(dense(self.kv_axis, "value")(kv_in))
+    shared = q.ndim == 3
+    num_rows = q.shape[-3]
+    rate = self.dropout_rate if not deterministic else 0.0
+
+    def attend(q_rows, drop_key=None):
+      spec = "qhd" if shared else "bqhd"
+      scores = jnp.einsum(f"{spec},bkhd->bhqk", q_rows, k).astype(jnp.float32)
+      scores = scores * self.head_dim ** -0.5
+      if mask is not None:
+        scores = jnp.where(mask[:, None, None, :], scores, _NEG_INF)
+      probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+      if drop_key is None:
+        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+      elif rate > 0.0:
+        keep = jax.random.bernoulli(drop_key, 1.0 - rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(self.dtype)
+      return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+    if not self.row_chunk or num_rows <= self.row_chunk:
+      out = attend(q)
+    else:
+      # Chunks in a loop (lax.map), so only one chunk's scores are alive at a time;
+      # rematerialised, so the backward pass does not stack every chunk's scores.
+      chunk = self.row_chunk
+      num_chunks = -(-num_rows // chunk)
+      pad = num_chunks * chunk - num_rows
+      row_axis = 0 if shared else 1
+      q_pad = jnp.pad(q, [(0, pad) if a == row_axis else (0, 0)
+                          for a in range(q.ndim)])
+      q_chunks = jnp.moveaxis(q_pad.reshape(
+          q.shape[:row_axis] + (num_chunks, chunk) + q.shape[row_axis + 1:]),
+                              row_axis, 0)
+      key = self.make_rng("dropout") if rate > 0.0 else jax.random.PRNGKey(0)
+      keys = jax.random.split(key, num_chunks)
+      outs = jax.lax.map(jax.checkpoint(lambda a: attend(a[0], a[1])),
+                         (q_chunks, keys))
+      # [chunks, B, chunk, H, d] -> [B, rows, H, d]
+      out = jnp.moveaxis(outs, 0, 1).reshape(
+          (b, num_chunks * chunk) + outs.shape[-2:])[:, :num_rows]
     return HyperDense(self.out_features, ("hyper_heads", "hyper_embed"),
-                      use_bias=False, dtype=self.dtype, name="out")(out)
+                      use_bias=False, dtype=self.dtype, name="out")(
+                          out.reshape(b, num_rows, hk))
 
 
 class HypernetBase(nn.Module):
