@@ -13,15 +13,13 @@ import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import gin
-import jax
 
 from hyper_tasks import eval as eval_lib
 from hyper_tasks import gin_utils
-from hyper_tasks import tree_utils
 from hyper_tasks.data import register
 from hyper_tasks.evaluation import diagnostics
 from hyper_tasks.train import checkpoint_formats
-from hyper_tasks.train import param_restore
+from hyper_tasks.train import initial_restore
 
 _CONFIGURED = "hyper_tasks.diagnose.configured"
 
@@ -49,12 +47,8 @@ def load_checkpoint(model, path: str, step: Optional[int],
         f"checkpoint {path} (step {ckpt_step}) has no hypernetwork: none of its "
         f"{len(flat_ckpt)} parameters is under 'hypernet/'. diagnose needs a "
         "checkpoint of a model with a hypernetwork (HINT, Hypter, ...).")
-  abstract = eval_lib.abstract_params(model, sequence_lengths)
-  flat, _ = param_restore.restore_params(
-      checkpoint_formats.flat(abstract), flat_ckpt, ())
-  treedef = jax.tree.structure(abstract)
-  paths = tree_utils.leaf_paths(abstract)
-  params = jax.tree.unflatten(treedef, [flat[p] for p in paths])
+  params = initial_restore.params_from_checkpoint(
+      ckpt, eval_lib.abstract_params(model, sequence_lengths))
   return params, int(step if step is not None else (ckpt_step or 0))
 
 

@@ -8,7 +8,9 @@ import) works on these '/'-joined paths, so the conversion lives in one place:
   separator is an error rather than a silently different tree.
 * :func:`path_str` names a leaf of *any* pytree (nested dicts, ``FrozenDict``, optax
   states with ``MaskedNode``) from its ``jax.tree_util`` key path, which is how
-  optimizer labels are computed without caring about the container types.
+  optimizer labels are computed without caring about the container types;
+  :func:`leaves_by_path` / :func:`unflatten_like` are the flat view of any pytree
+  and its way back into the same structure.
 """
 from __future__ import annotations
 
@@ -96,3 +98,17 @@ def path_str(key_path: tuple[Any, ...], sep: str = "/") -> str:
 def leaf_paths(tree: Any, sep: str = "/") -> list[str]:
   """The '/'-joined path of every leaf of an arbitrary pytree, in leaf order."""
   return [path_str(p, sep) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def leaves_by_path(tree: Any, sep: str = "/") -> dict[str, Any]:
+  """``{'/'-joined path: leaf}`` of an arbitrary pytree, in leaf order; None
+  leaves are left out."""
+  return {path_str(p, sep): v for p, v in jax.tree_util.tree_leaves_with_path(tree)
+          if v is not None}
+
+
+def unflatten_like(reference: Any, flat: Mapping[str, Any], sep: str = "/") -> Any:
+  """A pytree of ``reference``'s structure whose leaf at each path is ``flat[path]``
+  (the inverse of :func:`leaves_by_path` for ``reference``'s paths)."""
+  return jax.tree.unflatten(jax.tree.structure(reference),
+                            [flat[p] for p in leaf_paths(reference, sep)])

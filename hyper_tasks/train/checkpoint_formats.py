@@ -22,8 +22,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Optional
 
-import jax
-
 from hyper_tasks import tree_utils
 from hyper_tasks.convert import hf
 from hyper_tasks.convert import t5x_checkpoint
@@ -64,12 +62,6 @@ class CheckpointShapes:
   params: dict[str, tuple[int, ...]]
   opt_groups: Optional[set[str]]
   has_opt_state: bool
-
-
-def flat(tree: Any) -> dict[str, Any]:
-  """``{'/'-joined path: leaf}`` of a pytree, None leaves dropped."""
-  return {tree_utils.path_str(p): v for p, v in
-          jax.tree_util.tree_leaves_with_path(tree) if v is not None}
 
 
 def detect_format(path: str) -> str:
@@ -144,8 +136,9 @@ def _read_ours(path: str, step: Optional[int]) -> CheckpointContents:
     step = ckpt.latest_step() if step is None else step
     raw, _ = ckpt.restore(step)
   return CheckpointContents(
-      "ours", flat(raw["params"]), step,
-      opt_state_restore.ours_source(flat(raw.get("opt_state", {}))))
+      "ours", tree_utils.leaves_by_path(raw["params"]), step,
+      opt_state_restore.ours_source(
+          tree_utils.leaves_by_path(raw.get("opt_state", {}))))
 
 
 def our_saved_shapes(path: str, step: Optional[int]

@@ -115,14 +115,19 @@ def load_params(path: str, abstract_params: Any, fmt: str = "auto",
     ``(params tree of numpy arrays, checkpoint step or None)``.
   """
   ckpt = checkpoint_formats.read_checkpoint(path, fmt, step)
+  return params_from_checkpoint(ckpt, abstract_params, assignment_map), ckpt.step
+
+
+def params_from_checkpoint(ckpt: checkpoint_formats.CheckpointContents,
+                           abstract_params: Any, assignment_map=()) -> Any:
+  """:func:`load_params` on a checkpoint already read: every key of
+  ``abstract_params`` from ``ckpt`` (renamed by ``assignment_map``)."""
   flat, report = param_restore.restore_params(
-      checkpoint_formats.flat(abstract_params), ckpt.params, assignment_map)
+      tree_utils.leaves_by_path(abstract_params), ckpt.params, assignment_map)
   if report.unused:
     logging.info("load_params: %d unused checkpoint keys (e.g. %s).",
                  len(report.unused), report.unused[:3])
-  treedef = jax.tree.structure(abstract_params)
-  paths = tree_utils.leaf_paths(abstract_params)
-  return jax.tree.unflatten(treedef, [flat[p] for p in paths]), ckpt.step
+  return tree_utils.unflatten_like(abstract_params, flat)
 
 
 def _trainable_groups(optimizer: optimizers.GroupedOptimizer) -> list[str]:
@@ -200,8 +205,8 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
   """
   ckpt = checkpoint_formats.read_checkpoint(cfg.path, cfg.format, cfg.step)
   notes = [f"initial restore: {ckpt.format} checkpoint {cfg.path}"]
-  target = checkpoint_formats.flat(layout.abstract.params)
-  init_flat = checkpoint_formats.flat(fresh.params)
+  target = tree_utils.leaves_by_path(layout.abstract.params)
+  init_flat = tree_utils.leaves_by_path(fresh.params)
   copies = (HYPERNET_ENCODER_COPY,) if cfg.hypernet_encoder_from_backbone else ()
   flat_params, report = param_restore.restore_params(
       target, ckpt.params, cfg.assignment_map, cfg.fallback_to_scratch, init_flat,
@@ -209,9 +214,7 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
   if report.copied:
     notes.append(f"hypernet/encoder: {len(report.copied)} parameters from the "
                  "checkpoint's encoder/ (hypernet_encoder_from_backbone)")
-  treedef = jax.tree.structure(layout.abstract.params)
-  paths = tree_utils.leaf_paths(layout.abstract.params)
-  params = jax.tree.unflatten(treedef, [flat_params[p] for p in paths])
+  params = tree_utils.unflatten_like(layout.abstract.params, flat_params)
   params = jax.tree.map(lambda x, s: jax.device_put(x, s), params,
                         layout.shardings.params)
 

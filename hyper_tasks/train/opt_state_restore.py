@@ -92,9 +92,7 @@ def ours_source(flat_opt: Mapping[str, Any], name: str = "restored") -> StateSou
 
 def source_from_state(opt_state: Any) -> StateSource:
   """A live optimizer state (e.g. another run's) as a source."""
-  return ours_source({tree_utils.path_str(p): v for p, v in
-                      jax.tree_util.tree_leaves_with_path(opt_state)
-                      if v is not None})
+  return ours_source(tree_utils.leaves_by_path(opt_state))
 
 
 def t5x_source(t5x_opt_state: Mapping[str, Any]) -> StateSource:

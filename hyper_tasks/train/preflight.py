@@ -176,8 +176,7 @@ def plan_initial_restore(cfg: Any, optimizer: Any, abstract_params: Any
   """
   ckpt = checkpoint_formats.read_shapes(cfg.path, cfg.format, cfg.step)
   notes = [f"initial restore: {ckpt.format} checkpoint {cfg.path}"]
-  target = {tree_utils.path_str(p): v for p, v in
-            jax.tree_util.tree_leaves_with_path(abstract_params)}
+  target = tree_utils.leaves_by_path(abstract_params)
   init = {k: _zeros(v.shape, v.dtype) for k, v in target.items()}
   copies = ((init_restore_lib.HYPERNET_ENCODER_COPY,)
             if getattr(cfg, "hypernet_encoder_from_backbone", False) else ())
@@ -332,8 +331,7 @@ def plan_params_restore(path: str, abstract_params: Any, fmt: str = "auto",
   """What evaluation's ``load_params`` would do (every key from the checkpoint),
   decided from metadata alone; raises ``RestoreError`` naming keys and shapes."""
   shapes = checkpoint_formats.read_shapes(path, fmt, step).params
-  target = {tree_utils.path_str(p): v for p, v in
-            jax.tree_util.tree_leaves_with_path(abstract_params)}
+  target = tree_utils.leaves_by_path(abstract_params)
   _, report = param_restore.restore_params(
       target, {k: _zeros(v) for k, v in shapes.items()}, assignment_map)
   return report
