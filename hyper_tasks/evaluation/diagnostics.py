@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -40,6 +39,7 @@ import numpy as np
 from hyper_tasks.data import features as F
 from hyper_tasks.evaluation import batching
 from hyper_tasks.evaluation import records as records_lib
+from hyper_tasks.evaluation import report as report_lib
 from hyper_tasks.models import jit_cache
 from hyper_tasks.models.cache import AdaptationCache, instruction_key
 from hyper_tasks.models.model_api import EncoderDecoderModel
@@ -341,7 +341,6 @@ def _json_safe(x):
 
 
 def write_json(result: Mapping[str, Any], path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(_json_safe(result), f, indent=1)
+  """Writes ``result`` as JSON (non-finite floats as null), atomically."""
+  report_lib.atomic_write_text(path, json.dumps(_json_safe(result), indent=1))
   return path

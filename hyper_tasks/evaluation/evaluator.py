@@ -391,12 +391,6 @@ def infer(model, params, name: str, options: Optional[EvalOptions] = None, *,
 
 def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> str:
   """Writes `rows` as jsonl (UTF-8, one object per line), atomically."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-  return path
+  report_lib.atomic_write_text(path, "".join(
+      json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+  return os.fspath(path)

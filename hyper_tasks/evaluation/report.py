@@ -129,9 +129,12 @@ def _json_default(value: Any) -> Any:
   raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  directory = os.path.dirname(path)
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` so a reader never sees half of it: a
+  temporary file in the same directory (made if missing), then a rename."""
+  path = os.fspath(path)
   if tensorboard.is_remote_path(path):
+    directory = os.path.dirname(path)
     # Object stores have no atomic rename, but writing a temporary object and
     # renaming it still never exposes a partial report under the final name.
     from tensorboard.compat import tf  # pylint: disable=g-import-not-at-top
@@ -141,6 +144,7 @@ def _atomic_write_text(path: str, text: str) -> None:
       f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return
+  directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(
       dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
@@ -162,7 +166,7 @@ def write_report(model_dir: str, report: Mapping[str, Any]) -> str:
   validate_report(report)
   path = report_path(model_dir, report["step"])
   text = json.dumps(report, indent=2, default=_json_default)
-  _atomic_write_text(path, text + "\n")
+  atomic_write_text(path, text + "\n")
   return path
 
 
