@@ -40,6 +40,7 @@ from hyper_tasks.data import features as F
 from hyper_tasks.evaluation import batching
 from hyper_tasks.evaluation import records as records_lib
 from hyper_tasks.evaluation import report as report_lib
+from hyper_tasks.evaluation import runner
 from hyper_tasks.models import jit_cache
 from hyper_tasks.models.cache import AdaptationCache, instruction_key
 from hyper_tasks.models.model_api import EncoderDecoderModel
@@ -190,14 +191,10 @@ def _run(model, params, backbone_params, cache, encoded, batch_size):
   """Per-row (kl_sum, kl_max, target log-likelihood sum, tokens) over ``encoded``
   (one jitted function for the real instruction and the controls: one compile)."""
   kl_fn = _kl_fn(model)
-  n = len(encoded)
-  outs = []
-  for b in batching.make_batches(np.arange(n), batch_size):
-    batch = {k: jnp.asarray(v[b.indices]) for k, v in encoded.arrays.items()}
-    adaptation = cache.get(encoded.arrays[F.HYPER_ENCODER_INPUT_TOKENS][b.indices])
-    res = kl_fn(params, backbone_params, batch, adaptation)
-    outs.append([np.asarray(x)[:b.num_real] for x in res])
-  return [np.concatenate(col) for col in zip(*outs)]
+  return runner.run_in_stream_order(
+      lambda batch, adaptation: kl_fn(params, backbone_params, batch,
+                                      adaptation),
+      encoded.arrays, list(encoded.arrays), cache, batch_size)
 
 
 def diagnose(model, params, task_names: Optional[Sequence[str]] = None, *,

@@ -34,8 +34,8 @@ from hyper_tasks.evaluation import batching
 from hyper_tasks.evaluation import runner
 from hyper_tasks.models.cache import AdaptationCache, instruction_key
 
-MODEL_KEYS = (F.ENCODER_INPUT_TOKENS, F.DECODER_INPUT_TOKENS,
-              F.DECODER_TARGET_TOKENS, F.DECODER_LOSS_WEIGHTS)
+# The features a scoring / decoding call reads (besides the adaptation).
+MODEL_KEYS = runner.SCORE_KEYS
 
 
 def _fn(model, method: str, max_decode_length: Optional[int]):
@@ -66,13 +66,9 @@ def run_mixed(model, params, arrays: Mapping[str, np.ndarray],
   in stream order, batched as it comes (tasks mixed within a batch)."""
   _check(arrays, cache)
   fn = _fn(model, method, max_decode_length)
-  hyper = np.asarray(arrays[F.HYPER_ENCODER_INPUT_TOKENS])
-  outs = []
-  for b in batching.make_batches(np.arange(len(hyper)), batch_size):
-    adaptation = cache.get(hyper[b.indices])  # per example, from the task cache
-    out = _run_batch(fn, params, arrays, b.indices, adaptation)
-    outs.append(np.asarray(out)[:b.num_real])
-  return np.concatenate(outs)
+  return runner.run_in_stream_order(
+      lambda batch, adaptation: fn(params, batch, adaptation), arrays,
+      MODEL_KEYS, cache, batch_size)
 
 
 def run_task_by_task(model, params, arrays: Mapping[str, np.ndarray],

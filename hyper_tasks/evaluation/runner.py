@@ -64,6 +64,33 @@ def _pad_adaptation(adaptation, batch_size: int):
   return jax.tree.map(pad, adaptation)
 
 
+def run_in_stream_order(call, arrays: Mapping[str, np.ndarray],
+                        keys: Sequence[str], cache: AdaptationCache,
+                        batch_size: int):
+  """`call(batch, adaptation)` over the rows of `arrays` in their order, in
+  batches of `batch_size` rows (tasks mixed within a batch), each row with its
+  own (per-example) adaptation from `cache`.
+
+  Args:
+    call: `(batch dict of `keys`, batched Adaptation) -> array or tuple of
+      arrays`, each with a leading batch axis.
+    arrays: model features `[N, ...]`, `hyper_encoder_input_tokens` included.
+    keys: the features `call` reads (those absent from `arrays` are skipped).
+    cache: the adaptation cache.
+    batch_size: rows per call (the last batch is padded, its padding dropped).
+
+  Returns:
+    `call`'s outputs for the N rows, concatenated (same structure).
+  """
+  hyper = np.asarray(arrays[F.HYPER_ENCODER_INPUT_TOKENS])
+  outs = []
+  for b in batching.make_batches(np.arange(len(hyper)), batch_size):
+    batch = {k: jnp.asarray(arrays[k][b.indices]) for k in keys if k in arrays}
+    out = call(batch, cache.get(hyper[b.indices]))
+    outs.append(jax.tree.map(lambda x, n=b.num_real: np.asarray(x)[:n], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
 class Runner:
   """Runs the model over fixed-size batches; owns the adaptation cache."""
 
