@@ -8,8 +8,6 @@ promptsource templates (rank classification), producing complete JSON reports.
 
 import json
 
-import jax
-import numpy as np
 import pytest
 
 from hyper_tasks.data import register

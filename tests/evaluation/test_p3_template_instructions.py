@@ -7,8 +7,6 @@ instruction, so rank classification over N templates runs the hypernetwork N
 times (the evaluator's ``hypernet_calls`` counter); with ``instruction="prompt"``
 (the per-example form) it runs once per example.
 """
-import jax
-import numpy as np
 import pytest
 
 from hyper_tasks.data import features as F
