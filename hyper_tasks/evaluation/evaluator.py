@@ -161,11 +161,15 @@ def run_records(model, params, records: Sequence[Record],
   truncated = {k: 0 for k in F.TOKEN_FEATURES}
   vocabulary = options.vocabulary
 
-  rank_metrics, rank_outputs = {}, []
-  if rank_records:
-    encoded = batching.encode_records(rank_records, vocabulary, lengths)
+  def encode(rows: Sequence[Record]) -> batching.EncodedRows:
+    encoded = batching.encode_records(rows, vocabulary, lengths)
     for k, v in encoded.truncated.items():
       truncated[k] += v
+    return encoded
+
+  rank_metrics, rank_outputs = {}, []
+  if rank_records:
+    encoded = encode(rank_records)
     if encoded.truncated[F.TARGETS]:
       logging.warning(
           "evaluation: %d answer choices were truncated to %d target tokens; "
@@ -188,9 +192,7 @@ def run_records(model, params, records: Sequence[Record],
 
   gen_metrics, gen_outputs = {}, []
   if gen_records:
-    encoded = batching.encode_records(gen_records, vocabulary, lengths)
-    for k, v in encoded.truncated.items():
-      truncated[k] += v
+    encoded = encode(gen_records)
     tokens = runner.generate(
         encoded, method=options.decode_method, num_beams=options.num_beams,
         max_decode_length=options.decoding["max_decode_length"],
