@@ -89,7 +89,9 @@ def resolve_format(path: str, fmt: str = "auto") -> str:
 
 def our_checkpointer(path: str, step: Optional[int]
                      ) -> tuple[checkpoints.Checkpointer, Optional[int]]:
-  """(Checkpointer, step) for a MODEL_DIR, its checkpoints/ or a step directory."""
+  """``(Checkpointer, step)`` for a MODEL_DIR, its checkpoints/ or a step
+  directory; the step is the given one, the directory's, or the latest (None when
+  there is no finalised checkpoint)."""
   path = os.path.abspath(path)
   base = os.path.basename(path)
   if base.isdigit() and os.path.basename(os.path.dirname(path)) == \
@@ -99,7 +101,8 @@ def our_checkpointer(path: str, step: Optional[int]
     base = checkpoints.CHECKPOINTS_SUBDIR
   if base == checkpoints.CHECKPOINTS_SUBDIR:
     path = os.path.dirname(path)
-  return checkpoints.Checkpointer(path, async_save=False), step
+  ckpt = checkpoints.Checkpointer(path, async_save=False)
+  return ckpt, ckpt.latest_step() if step is None else step
 
 
 # --------------------------------------------------------------------------------------
@@ -133,7 +136,6 @@ def _shapes_t5x(path: str, step: Optional[int]) -> CheckpointShapes:
 def _read_ours(path: str, step: Optional[int]) -> CheckpointContents:
   ckpt, step = our_checkpointer(path, step)
   with ckpt:
-    step = ckpt.latest_step() if step is None else step
     raw, _ = ckpt.restore(step)
   return CheckpointContents(
       "ours", tree_utils.leaves_by_path(raw["params"]), step,
@@ -146,7 +148,6 @@ def our_saved_shapes(path: str, step: Optional[int]
   """``(step, {state path: shape})`` of one of our checkpoints, from orbax metadata."""
   ckpt, step = our_checkpointer(path, step)
   with ckpt:
-    step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No finalised checkpoint under {path}.")
     return step, ckpt.saved_shapes(step)

@@ -54,7 +54,6 @@ from hyper_tasks.train import optimizers
 from hyper_tasks.train import param_restore
 from hyper_tasks.train.train_state import StateLayout, TrainState
 
-FORMATS = checkpoint_formats.FORMAT_NAMES
 # (checkpoint prefix, target prefix) of InitialRestore.hypernet_encoder_from_backbone.
 HYPERNET_ENCODER_COPY = ("encoder/", "hypernet/encoder/")
 OPTIMIZER_STATE_MODES = ("fresh", "restore_pretrained", "full_restore")
@@ -93,9 +92,9 @@ class InitialRestore:
   hypernet_encoder_from_backbone: bool = False
 
   def __post_init__(self):
-    if self.format not in FORMATS:
+    if self.format not in checkpoint_formats.FORMAT_NAMES:
       raise ValueError(f"InitialRestore.format={self.format!r}; choose from "
-                       f"{FORMATS}.")
+                       f"{checkpoint_formats.FORMAT_NAMES}.")
     if self.optimizer_state not in OPTIMIZER_STATE_MODES:
       raise ValueError(f"InitialRestore.optimizer_state={self.optimizer_state!r}; "
                        f"choose from {OPTIMIZER_STATE_MODES}.")
@@ -167,7 +166,6 @@ def restore_direct(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
     return None
   ckpt, step = checkpoint_formats.our_checkpointer(cfg.path, cfg.step)
   with ckpt:
-    step = ckpt.latest_step() if step is None else step
     if step is None:
       return None
     try:
