@@ -120,20 +120,38 @@ def _read_tensorstore(spec: Mapping[str, Any], ckpt_dir: str, name: str) -> np.n
   return arr
 
 
-def read_t5x_state(path: str, step: Optional[int] = None) -> dict[str, Any]:
-  """The optimizer state dict, flat (``target/...``, ``state/...``), arrays read."""
+def _read_msgpack(path: str, step: Optional[int]) -> tuple[dict[str, Any], str]:
+  """``({flat key: inline array or tensorstore spec}, checkpoint directory)`` of
+  the optimizer state dict; tensorstore arrays are not read."""
   ckpt_file = find_checkpoint_file(path, step)
   with open(ckpt_file, "rb") as f:
     contents = serialization.msgpack_restore(f.read())
   version = contents.get("version", 0) if isinstance(contents, Mapping) else 0
-  if version == 0:  # Plain flax checkpoint: the optimizer state is the root.
-    optimizer = contents
-  elif version < 2:
+  if 0 < version < 2:
     raise ValueError(f"t5x checkpoint version {version} is not supported (< 2).")
-  else:
-    optimizer = contents["optimizer"]
-  flat = tree_utils.flatten(optimizer, is_leaf=is_tensorstore_spec)
-  ckpt_dir = os.path.dirname(os.path.abspath(ckpt_file))
+  # Version 0 is a plain flax checkpoint: the optimizer state is the root.
+  optimizer = contents if version == 0 else contents["optimizer"]
+  return (tree_utils.flatten(optimizer, is_leaf=is_tensorstore_spec),
+          os.path.dirname(os.path.abspath(ckpt_file)))
+
+
+def _split_target(flat: Mapping[str, Any], path: str
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``({parameter path: value} from ``target/...``, {other key: value})``."""
+  params, rest = {}, {}
+  for key, value in flat.items():
+    if key.startswith("target/"):
+      params[key[len("target/"):]] = value
+    else:
+      rest[key] = value
+  if not params:
+    raise ValueError(f"No 'target' parameters in the t5x checkpoint at {path!r}.")
+  return params, rest
+
+
+def read_t5x_state(path: str, step: Optional[int] = None) -> dict[str, Any]:
+  """The optimizer state dict, flat (``target/...``, ``state/...``), arrays read."""
+  flat, ckpt_dir = _read_msgpack(path, step)
   return {k: (_read_tensorstore(v, ckpt_dir, k) if is_tensorstore_spec(v)
               else np.asarray(v))
           for k, v in flat.items()}
@@ -143,25 +161,11 @@ def read_param_shapes(path: str, step: Optional[int] = None
                       ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
   """``({parameter path: shape}, optimizer-state keys)`` of a t5x checkpoint,
   without reading tensorstore arrays (their shapes come from the specs)."""
-  ckpt_file = find_checkpoint_file(path, step)
-  with open(ckpt_file, "rb") as f:
-    contents = serialization.msgpack_restore(f.read())
-  version = contents.get("version", 0) if isinstance(contents, Mapping) else 0
-  if 0 < version < 2:
-    raise ValueError(f"t5x checkpoint version {version} is not supported (< 2).")
-  optimizer = contents if version == 0 else contents["optimizer"]
-  flat = tree_utils.flatten(optimizer, is_leaf=is_tensorstore_spec)
-  params, opt_keys = {}, []
-  for key, value in flat.items():
-    if key.startswith("target/"):
-      shape = (tuple(value["metadata"]["shape"]) if is_tensorstore_spec(value)
-               else tuple(np.shape(value)))
-      params[key[len("target/"):]] = shape
-    else:
-      opt_keys.append(key)
-  if not params:
-    raise ValueError(f"No 'target' parameters in the t5x checkpoint at {path!r}.")
-  return params, opt_keys
+  flat, _ = _read_msgpack(path, step)
+  shapes = {k: (tuple(v["metadata"]["shape"]) if is_tensorstore_spec(v)
+                else tuple(np.shape(v))) for k, v in flat.items()}
+  params, rest = _split_target(shapes, path)
+  return params, list(rest)
 
 
 def load_t5x_checkpoint(path: str, step: Optional[int] = None,
@@ -182,17 +186,9 @@ def load_t5x_checkpoint(path: str, step: Optional[int] = None,
     ``state/param_states/<param path>/v_row``, ...); ``step`` from ``state/step``
     (None if absent).
   """
-  flat = read_t5x_state(path, step)
-  params, opt_state = {}, {}
-  for key, value in flat.items():
-    if key.startswith("target/"):
-      if restore_dtype is not None:
-        value = value.astype(restore_dtype)
-      params[key[len("target/"):]] = value
-    else:
-      opt_state[key] = value
-  if not params:
-    raise ValueError(f"No 'target' parameters in the t5x checkpoint at {path!r}.")
+  params, opt_state = _split_target(read_t5x_state(path, step), path)
+  if restore_dtype is not None:
+    params = {k: v.astype(restore_dtype) for k, v in params.items()}
   ckpt_step = opt_state.get("state/step")
   return params, opt_state, None if ckpt_step is None else int(ckpt_step)
 
