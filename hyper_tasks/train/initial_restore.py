@@ -91,6 +91,16 @@ class InitialRestore:
   fresh_groups: Sequence[str] = ("hypernet",)
   hypernet_encoder_from_backbone: bool = False
 
+  def restore_params(self, target: Any, ckpt_params: Any, init_params: Any
+                     ) -> tuple[dict[str, Any], param_restore.RestoreReport]:
+    """``param_restore.restore_params`` with this config's renames, fallback,
+    re-initialisation and encoder copy (flat ``{path: array}`` dicts)."""
+    copies = ((HYPERNET_ENCODER_COPY,) if self.hypernet_encoder_from_backbone
+              else ())
+    return param_restore.restore_params(
+        target, ckpt_params, self.assignment_map, self.fallback_to_scratch,
+        init_params, self.reinit_patterns, copies)
+
   def __post_init__(self):
     if self.format not in checkpoint_formats.FORMAT_NAMES:
       raise ValueError(f"InitialRestore.format={self.format!r}; choose from "
@@ -203,12 +213,9 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
   """
   ckpt = checkpoint_formats.read_checkpoint(cfg.path, cfg.format, cfg.step)
   notes = [f"initial restore: {ckpt.format} checkpoint {cfg.path}"]
-  target = tree_utils.leaves_by_path(layout.abstract.params)
-  init_flat = tree_utils.leaves_by_path(fresh.params)
-  copies = (HYPERNET_ENCODER_COPY,) if cfg.hypernet_encoder_from_backbone else ()
-  flat_params, report = param_restore.restore_params(
-      target, ckpt.params, cfg.assignment_map, cfg.fallback_to_scratch, init_flat,
-      cfg.reinit_patterns, copies)
+  flat_params, report = cfg.restore_params(
+      tree_utils.leaves_by_path(layout.abstract.params), ckpt.params,
+      tree_utils.leaves_by_path(fresh.params))
   if report.copied:
     notes.append(f"hypernet/encoder: {len(report.copied)} parameters from the "
                  "checkpoint's encoder/ (hypernet_encoder_from_backbone)")

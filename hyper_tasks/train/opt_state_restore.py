@@ -121,6 +121,18 @@ def group_names(opt_state: Any) -> tuple[set[str], list[str]]:
   return known, trainable
 
 
+def check_groups_present(groups: Iterable[str], have: Optional[set[str]],
+                         where: str) -> None:
+  """Raises ``RestoreError`` naming the ``groups`` a checkpoint's optimizer state
+  lacks (``have``: the groups it holds; None: one state for every group)."""
+  absent = [] if have is None else sorted(set(groups) - have)
+  if absent:
+    raise param_restore.RestoreError(
+        f"{where} optimizer state has no group(s) {absent} (it has "
+        f"{sorted(have)}); use optimizer_state='fresh' or name them in "
+        "fresh_groups.")
+
+
 def fill_group_states(fresh_state: Any, source: StateSource,
                       groups: Optional[Iterable[str]] = None, *,
                       assignment_map: param_restore.AssignmentMap = (),
@@ -151,13 +163,7 @@ def fill_group_states(fresh_state: Any, source: StateSource,
     raise param_restore.RestoreError(
         f"Unknown optimizer groups {sorted(unknown)}; the optimizer has "
         f"{sorted(known)}.")
-  have = source.groups()
-  absent = [] if have is None else sorted(set(groups) - have)
-  if absent:
-    raise param_restore.RestoreError(
-        f"The {source.name} optimizer state has no group(s) {absent} (it has "
-        f"{sorted(have)}); use optimizer_state='fresh' or name them in "
-        "fresh_groups.")
+  check_groups_present(groups, source.groups(), f"The {source.name}")
   keep_fresh = set(keep_fresh)
   mismatched: dict[str, list[str]] = {}
   missing: list[str] = []

@@ -44,6 +44,7 @@ from hyper_tasks.data import pipeline
 from hyper_tasks.train import checkpoint_formats
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore as init_restore_lib
+from hyper_tasks.train import opt_state_restore
 from hyper_tasks.train import param_restore
 from hyper_tasks.train import summaries as summaries_lib
 from hyper_tasks import tree_utils
@@ -178,19 +179,12 @@ def plan_initial_restore(cfg: Any, optimizer: Any, abstract_params: Any
   notes = [f"initial restore: {ckpt.format} checkpoint {cfg.path}"]
   target = tree_utils.leaves_by_path(abstract_params)
   init = {k: _zeros(v.shape, v.dtype) for k, v in target.items()}
-  copies = ((init_restore_lib.HYPERNET_ENCODER_COPY,)
-            if getattr(cfg, "hypernet_encoder_from_backbone", False) else ())
-  _, report = param_restore.restore_params(
-      target, {k: _zeros(v) for k, v in ckpt.params.items()}, cfg.assignment_map,
-      cfg.fallback_to_scratch, init, cfg.reinit_patterns, copies)
+  _, report = cfg.restore_params(
+      target, {k: _zeros(v) for k, v in ckpt.params.items()}, init)
   groups = init_restore_lib.groups_to_restore(cfg, optimizer)
-  have = ckpt.opt_groups
-  absent = [] if have is None else sorted(set(groups) - have)
-  if absent:
-    raise param_restore.RestoreError(
-        f"{cfg.path}: the checkpoint's optimizer state has no group(s) {absent} "
-        f"(it has {sorted(have)}) for optimizer_state={cfg.optimizer_state!r}; "
-        "use optimizer_state='fresh' or name them in fresh_groups.")
+  opt_state_restore.check_groups_present(
+      groups, ckpt.opt_groups,
+      f"{cfg.path} (optimizer_state={cfg.optimizer_state!r}): the checkpoint's")
   if groups and not ckpt.has_opt_state:
     notes.append(f"optimizer groups {groups}: fresh ({ckpt.format.upper()} "
                  "checkpoints hold none)")
