@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh
 
@@ -43,6 +44,15 @@ def test_flatten_unflatten_round_trip_and_errors():
   # Leaf predicate keeps a dict whole (e.g. a tensorstore spec).
   spec = {"driver": "zarr", "kvstore": {"path": "x"}}
   assert tree_utils.flatten({"p": spec}, is_leaf=lambda d: "driver" in d) == {"p": spec}
+
+
+def test_leaves_by_path_and_unflatten_like_any_pytree():
+  tree = (optax.MaskedState({"w": _arr((2,)), "skip": None}), [_arr((1,))])
+  flat = tree_utils.leaves_by_path(tree)
+  assert list(flat) == ["0/inner_state/w", "1/0"]  # None leaves are left out.
+  back = tree_utils.unflatten_like(tree, {k: v + 1 for k, v in flat.items()})
+  assert jax.tree.structure(back) == jax.tree.structure(tree)
+  np.testing.assert_array_equal(back[1][0], tree[1][0] + 1)
 
 
 def test_apply_assignment_map_first_match_backrefs_and_drop():
