@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
@@ -72,3 +73,13 @@ def run_gin_main(argv: Optional[Sequence[str]], module_name: str, fn_name: str,
   if on_result is not None:
     on_result(result)
   return 0
+
+
+def run_as_script(module_name: str) -> None:
+  """``if __name__ == "__main__"`` of an entry point: logging, then the module's
+  ``main()`` (imported by name: under ``python -m`` the running ``__main__`` is a
+  second copy whose functions gin does not configure) as the exit code."""
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter.
+  sys.exit(importlib.import_module(module_name).main())

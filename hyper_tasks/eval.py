@@ -9,10 +9,8 @@ HF / t5x / other checkpoint at ``checkpoint_path``), runs
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -142,6 +140,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  sys.exit(importlib.import_module("hyper_tasks.eval").main())
+  entry.run_as_script("hyper_tasks.eval")

@@ -8,10 +8,7 @@ latest checkpoint in ``MODEL_DIR``, a given step, or an HF / t5x / other checkpo
 """
 from __future__ import annotations
 
-import importlib
-import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -82,6 +79,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  sys.exit(importlib.import_module("hyper_tasks.infer").main())
+  entry.run_as_script("hyper_tasks.infer")

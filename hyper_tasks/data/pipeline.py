@@ -236,15 +236,9 @@ def get_dataset(
     split: Optional[str] = None,
     sequence_lengths: Optional[Mapping[str, int]] = None,
     batch_size: int = 8,
-    shuffle: bool = True,
-    seed: int = 0,
-    num_epochs: Optional[int] = None,
-    shard_id: int = 0,
-    num_shards: int = 1,
-    pack: bool = False,
-    drop_remainder: bool = True,
+    *,
     start_batch: int = 0,
-    instruction_group_size: int = 1,
+    **dataset_options,
 ) -> BatchIterator:
   """Batches of model features for a registered task or mixture.
 
@@ -254,16 +248,14 @@ def get_dataset(
     sequence_lengths: ``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}``.
     batch_size: batch axis of every array (the remainder is dropped unless
       ``drop_remainder=False``).
-    shuffle: shuffle examples (with ``seed``).
-    seed: makes the stream reproducible.
-    num_epochs: None repeats forever.
-    shard_id: this host's shard.
-    num_shards: number of shards (hosts).
-    pack: pack examples (baselines; see converters.py).
-    drop_remainder: drop a final partial batch.
     start_batch: skip this many batches first (resuming).
-    instruction_group_size: ``g > 1`` groups every ``g`` consecutive examples by
-      instruction and sends each group's instruction once:
+    **dataset_options: the rest of :func:`get_tf_dataset`'s settings:
+      ``shuffle`` (with ``seed``, which makes the stream reproducible),
+      ``num_epochs`` (None repeats forever), ``shard_id`` / ``num_shards`` (this
+      host's shard of the input), ``pack`` (baselines; see converters.py),
+      ``drop_remainder`` (drop a final partial batch), and
+      ``instruction_group_size``: ``g > 1`` groups every ``g`` consecutive
+      examples by instruction and sends each group's instruction once:
       ``hyper_encoder_input_tokens`` is ``[B / g, Lh]``, and the model encodes
       ``B / g`` instructions per batch instead of ``B`` (HINT training with long
       instructions; see ``Transformer.__call__``). Not with packing.
@@ -274,9 +266,8 @@ def get_dataset(
     "decoder_loss_weights": [B, Lt]}`` int32 arrays (plus segment ids and
     positions when packing), with ``truncation_stats()``.
   """
-  ds, truncation = get_tf_dataset(
-      name, split, sequence_lengths, batch_size, shuffle, seed, num_epochs,
-      shard_id, num_shards, pack, drop_remainder, instruction_group_size)
+  ds, truncation = get_tf_dataset(name, split, sequence_lengths, batch_size,
+                                 **dataset_options)
   if start_batch:
     ds = ds.skip(start_batch)
   return BatchIterator(ds, truncation, name)

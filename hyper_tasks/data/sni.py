@@ -130,12 +130,7 @@ def _demonstrations(value: Any, path: str,
   out = []
   for i, item in enumerate(value):
     where = f"'{field}'[{i}]"
-    if not isinstance(item, dict):
-      raise SniFormatError(path, where,
-                           f"expected an object, got {type(item).__name__}")
-    for key in ("input", "output"):
-      if key not in item:
-        raise SniFormatError(path, f"{where}.{key}", "missing")
+    _check_input_output(item, path, where)
     out.append(Demonstration(
         input=_text(item["input"], path, f"{where}.input"),
         output=_text(item["output"], path, f"{where}.output"),
@@ -144,14 +139,19 @@ def _demonstrations(value: Any, path: str,
   return tuple(out)
 
 
-def _instance(item: Any, index: int, task_name: str, path: str) -> Instance:
-  where = f"'Instances'[{index}]"
+def _check_input_output(item: Any, path: str, where: str) -> None:
+  """An example or instance: an object with ``input`` and ``output``."""
   if not isinstance(item, dict):
     raise SniFormatError(path, where,
                          f"expected an object, got {type(item).__name__}")
   for key in ("input", "output"):
     if key not in item:
       raise SniFormatError(path, f"{where}.{key}", "missing")
+
+
+def _instance(item: Any, index: int, task_name: str, path: str) -> Instance:
+  where = f"'Instances'[{index}]"
+  _check_input_output(item, path, where)
   outputs = _string_list(item["output"], path, f"{where}.output")
   instance_id = item.get("id")
   if instance_id is None:

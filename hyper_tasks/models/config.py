@@ -88,22 +88,15 @@ class T5Config:
     return dataclasses.replace(self, **kwargs)
 
 
-# (d_model, num_heads, d_kv, d_ff, layers) per size and family.
-_T5_SIZES = {
-    "tiny": (32, 4, 8, 64, 2),
-    "small": (512, 8, 64, 2048, 6),
-    "base": (768, 12, 64, 3072, 12),
-    "large": (1024, 16, 64, 4096, 24),
-    "xl": (1024, 32, 128, 16384, 24),
-    "xxl": (1024, 128, 128, 65536, 24),
-}
-_T5_1_1_SIZES = {
-    "tiny": (32, 4, 8, 64, 2),
-    "small": (512, 6, 64, 1024, 8),
-    "base": (768, 12, 64, 2048, 12),
-    "large": (1024, 16, 64, 2816, 24),
-    "xl": (2048, 32, 64, 5120, 24),
-    "xxl": (4096, 64, 64, 10240, 24),
+# size: ((d_model, num_heads, d_kv, d_ff, layers) of T5, the same of T5.1.1 and the
+# families built on it: mT5, FLAN-T5, T5-LM-adapt).
+_SIZES = {
+    "tiny": ((32, 4, 8, 64, 2), (32, 4, 8, 64, 2)),
+    "small": ((512, 8, 64, 2048, 6), (512, 6, 64, 1024, 8)),
+    "base": ((768, 12, 64, 3072, 12), (768, 12, 64, 2048, 12)),
+    "large": ((1024, 16, 64, 4096, 24), (1024, 16, 64, 2816, 24)),
+    "xl": ((1024, 32, 128, 16384, 24), (2048, 32, 64, 5120, 24)),
+    "xxl": ((1024, 128, 128, 65536, 24), (4096, 64, 64, 10240, 24)),
 }
 _VARIANTS = {
     "t5": dict(feed_forward_proj="relu", tie_word_embeddings=True,
@@ -115,7 +108,7 @@ _VARIANTS = {
     "flan_t5": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                     vocab_size=32128),
 }
-SIZES = tuple(_T5_SIZES)
+SIZES = tuple(_SIZES)
 VARIANTS = tuple(_VARIANTS)
 
 
@@ -127,8 +120,7 @@ def preset(variant: str = "t5_1_1", size: str = "base", **overrides) -> T5Config
   """
   check_choice("T5 variant", variant, VARIANTS)
   check_choice("T5 size", size, SIZES)
-  table = _T5_SIZES if variant == "t5" else _T5_1_1_SIZES
-  d_model, heads, d_kv, d_ff, layers = table[size]
+  d_model, heads, d_kv, d_ff, layers = _SIZES[size][0 if variant == "t5" else 1]
   kwargs = dict(_VARIANTS[variant], d_model=d_model, num_heads=heads, d_kv=d_kv,
                 d_ff=d_ff, num_encoder_layers=layers, num_decoder_layers=layers)
   if size == "tiny":

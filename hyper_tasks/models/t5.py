@@ -99,11 +99,17 @@ class MlpBlock(nn.Module):
     return add_lora(out, h, slots, "wo", (self.lora_scales or {}).get("wo", 1.0))
 
 
-class EncoderLayer(nn.Module):
+class _Layer(nn.Module):
+  """What an encoder or decoder layer is built from: the configuration, its index
+  (which selects its adaptation slots), LoRA scales and the adapters' activation."""
   config: T5Config
   layer: int
   lora_scales: Optional[dict] = None
   adapter_activation: str = "relu"
+
+
+class EncoderLayer(_Layer):
+  """Pre-norm self-attention and MLP blocks, each with its adapter and residual."""
 
   @nn.compact
   def __call__(self, x, bias, mask, adaptation=None, deterministic=True):
@@ -122,11 +128,9 @@ class EncoderLayer(nn.Module):
     return constrain(x, ("batch", "length", "embed"))
 
 
-class DecoderLayer(nn.Module):
-  config: T5Config
-  layer: int
-  lora_scales: Optional[dict] = None
-  adapter_activation: str = "relu"
+class DecoderLayer(_Layer):
+  """Self-attention, cross-attention (to the encoder, and with instruction fusion
+  to the instruction) and MLP blocks."""
 
   @nn.compact
   def __call__(self, x, encoded, self_bias, self_mask, cross_mask, adaptation=None,

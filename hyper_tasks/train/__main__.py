@@ -9,8 +9,6 @@ and checks the configuration without training (``hyper_tasks/train/preflight.py`
 """
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 from typing import Optional
 
@@ -38,7 +36,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO,
-                      format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter.
-  sys.exit(main())
+  entry.run_as_script("hyper_tasks.train.__main__")
