@@ -135,6 +135,6 @@ def test_resolved_parameters_substitute_macros():
   assert resolved["make_peft_spec.adapter_size"] == 8
   assert resolved["make_model.hypernet_kwargs.mlp_dim"] == 24
   assert resolved["train.model_dir"] == "/tmp/unused"
-  assert resolved["train.evaluation"] == "@TrainEval()"
+  assert resolved["train.evaluation"] == "@train.TrainEval()"
   assert gin_macros.differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 4}) == {
       "b": 3, "c": 4}

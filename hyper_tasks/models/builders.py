@@ -1,7 +1,7 @@
 """The one place gin builds models: PEFT spec, backbone config, the whole model.
 
-All three are ``@gin.configurable(module="models")``; gin files refer to them as
-``models.make_peft_spec``, ``models.make_t5_config`` and ``models.make_model``::
+All three are ``@gin.configurable(module="hyper_tasks.models")``; gin files refer to
+them as ``models.make_peft_spec``, ``models.make_t5_config`` and ``models.make_model``::
 
     MODEL = @models.make_model()
     models.make_model.size = %MODEL_SIZE
@@ -28,7 +28,7 @@ from hyper_tasks.models.peft_spec import (ATTENTION_SITES, IA3_TARGETS, AdapterS
 from hyper_tasks.models.transformer import Transformer
 from hyper_tasks.choices import check_choice
 
-_GIN_MODULE = "models"
+_GIN_MODULE = "hyper_tasks.models"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ACCELERATOR_COMPUTE_DTYPE = "bfloat16"
 

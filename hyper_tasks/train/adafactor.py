@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 # Gin names stay those of the facade module (gin files bind them there).
-_GIN_MODULE = "hyper_tasks.train.optimizers"
+_GIN_MODULE = "hyper_tasks.train"
 
 Schedule = Callable[[Any], Any]
 LearningRate = Union[float, Schedule]

@@ -42,7 +42,7 @@ __all__ = [
     "warmup_cosine_decay",
 ]
 
-_GIN_MODULE = "hyper_tasks.train.optimizers"
+_GIN_MODULE = "hyper_tasks.train"
 
 @dataclasses.dataclass(frozen=True)
 class GroupedOptimizer:

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hyper_tasks import tree_utils
 
-_GIN_MODULE = "hyper_tasks.train.partitioning"
+_GIN_MODULE = "hyper_tasks.train"
 
 DATA = "data"
 MODEL = "model"

@@ -353,11 +353,11 @@ def test_builders_are_gin_configurable():
   gin.clear_config()
   try:
     gin.parse_config("""
-      hyper_tasks.train.optimizers.adafactor_dual.hypernet_lr = \
-          @hyper_tasks.train.optimizers.rsqrt_decay()
-      hyper_tasks.train.optimizers.rsqrt_decay.base_lr = 0.5
-      hyper_tasks.train.optimizers.rsqrt_decay.warmup_steps = 100
-      hyper_tasks.train.optimizers.adafactor_dual.backbone_lr = 0.25
+      train.adafactor_dual.hypernet_lr = \
+          @train.rsqrt_decay()
+      train.rsqrt_decay.base_lr = 0.5
+      train.rsqrt_decay.warmup_steps = 100
+      train.adafactor_dual.backbone_lr = 0.25
     """)
     grouped = opt.adafactor_dual()
     lrs = grouped.learning_rates(400)
