@@ -260,12 +260,13 @@ class Attention(nn.Module):
   ``[B, L, Dkv]``, optional boolean ``mask [B, L]`` (True = visible). Returns
   ``[B, Q, out_features]``.
 
-  Memory: unbatched queries (HINT's learned slot queries) are projected once, not
-  once per example, and the scores are computed ``row_chunk`` query rows at a time,
-  so the largest intermediate is ``[B, heads, row_chunk, L]`` rather than
-  ``[B, heads, Q, L]`` (Q is 5-10k slot rows at real sizes). The result is the
-  same as unchunked attention (each row's softmax is its own); with dropout each
-  chunk draws its own mask.
+  Memory: with more than ``row_chunk`` query rows (HINT's 5-10k slot rows at real
+  sizes), unbatched queries are projected once, not once per example, and the
+  scores are computed ``row_chunk`` rows at a time, so the largest intermediate is
+  ``[B, heads, row_chunk, L]`` rather than ``[B, heads, Q, L]``. The result is the
+  same as unchunked attention up to float rounding (each row's softmax is its
+  own); with dropout each chunk draws its own mask. Up to ``row_chunk`` rows the
+  computation is the plain per-example one.
   """
   num_heads: int
   head_dim: int
@@ -283,12 +284,15 @@ class Attention(nn.Module):
     dense = lambda axis, name: HyperDense(hk, (axis, "hyper_heads"), use_bias=False,
                                           dtype=self.dtype, name=name)
     split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
+    num_rows = q_in.shape[-2]
+    if q_in.ndim == 2 and (not self.row_chunk or num_rows <= self.row_chunk):
+      # Few rows: per example, exactly as before chunking existed (same numerics).
+      q_in = jnp.broadcast_to(q_in[None], (b,) + q_in.shape)
     # [Q, H, d] (shared by the batch) or [B, Q, H, d].
     q = split(dense(self.q_axis, "query")(q_in))
     k = split(dense(self.kv_axis, "key")(kv_in))
     v = split(dense(self.kv_axis, "value")(kv_in))
     shared = q.ndim == 3
-    num_rows = q.shape[-3]
     rate = self.dropout_rate if not deterministic else 0.0
 
     def attend(q_rows, drop_key=None):
