@@ -51,9 +51,11 @@ def test_chunking_reduces_compiled_temporary_memory():
     ).temp_size_in_bytes
 
   whole, chunked = temp_bytes(None), temp_bytes(512)
-  # Unchunked scores alone are 4 x 8 x 4096 x 256 x 4 bytes = 128 MiB.
-  assert whole >= 4 * 8 * 4096 * 256 * 4
-  assert chunked * 4 < whole, (chunked, whole)
+  # Unchunked scores alone are 4 x 8 x 4096 x 256 x 4 bytes = 128 MiB; chunked,
+  # everything together stays under a third of that.
+  scores = 4 * 8 * 4096 * 256 * 4
+  assert whole >= scores
+  assert chunked * 3 < scores, (chunked, whole)
 
 
 def test_chunked_gradients_equal_and_training_memory_is_bounded():
