@@ -311,16 +311,23 @@ def install_preemption_handler(signals: Iterable[int] = (signal.SIGTERM,)
   return uninstall
 
 
-def preemption_requested(sync_hosts: bool = False) -> bool:
+def preemption_requested(sync_hosts: bool = False, step: Optional[int] = None,
+                         sync_period: int = 1) -> bool:
   """Whether a preemption signal arrived.
 
   Args:
     sync_hosts: on multi-host runs, agree across processes (any host signalled ->
       all stop together, so they all join the final save). This is a collective:
-      every process must call it at the same step.
+      every process must call it at the same steps.
+    step: the global step (the same on every host); with ``sync_period``, the
+      hosts gather their flags only when ``step % sync_period == 0`` (False
+      otherwise), so a run does not pay a cross-host gather every step.
+    sync_period: see ``step``.
   """
   flag = _PREEMPTED.is_set()
   if sync_hosts and jax.process_count() > 1:
+    if step is not None and sync_period > 1 and step % sync_period:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
     return bool(np.any(flags))

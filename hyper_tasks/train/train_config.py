@@ -83,10 +83,14 @@ class Checkpointing:
     period: save every this many steps (and at the end, and on preemption).
     keep: how many to keep (None: all).
     async_save: write in the background while training continues.
+    preemption_sync_period: on multi-host runs, the hosts agree on whether a
+      preemption signal arrived (a cross-host gather) every this many steps, not
+      every step; a single host checks its own flag every step.
   """
   period: int = 1000
   keep: Optional[int] = None
   async_save: bool = True
+  preemption_sync_period: int = 10
 
 
 @gin.configurable(module=_GIN_MODULE)

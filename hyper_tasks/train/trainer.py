@@ -308,7 +308,8 @@ def train(*,
                            sequence_lengths)
           writer.reset_clock()
         preempted = checkpoints.preemption_requested(
-            sync_hosts=jax.process_count() > 1)
+            sync_hosts=jax.process_count() > 1, step=step,
+            sync_period=checkpointing.preemption_sync_period)
         if done or preempted or step % checkpointing.period == 0:
           _check_finite(*last, ckpt)
           ckpt.save(step, state, {"batches": batches,

@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 import pytest
 
 from hyper_tasks.train import checkpoints
@@ -184,3 +185,30 @@ def test_sigterm_sets_the_preemption_flag():
     uninstall()
     checkpoints.clear_preemption()
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_multi_host_preemption_check_gathers_only_every_sync_period(monkeypatch):
+  gathers = []
+
+  def fake_allgather(x):
+    gathers.append(int(x))
+    return np.asarray([int(x), 0])  # this host's flag and another host's
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather", fake_allgather)
+  checkpoints.clear_preemption()
+  try:
+    seen = [checkpoints.preemption_requested(sync_hosts=True, step=s, sync_period=10)
+            for s in range(1, 21)]
+    assert gathers == [0, 0] and not any(seen)  # steps 10 and 20 only
+    checkpoints._PREEMPTED.set()  # pylint: disable=protected-access
+    assert not checkpoints.preemption_requested(sync_hosts=True, step=21,
+                                                sync_period=10)
+    assert checkpoints.preemption_requested(sync_hosts=True, step=30,
+                                            sync_period=10)
+    assert gathers == [0, 0, 1]
+    # Without a step (or period 1), every call gathers, as before.
+    assert checkpoints.preemption_requested(sync_hosts=True)
+    assert len(gathers) == 4
+  finally:
+    checkpoints.clear_preemption()
