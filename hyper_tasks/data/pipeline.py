@@ -11,7 +11,10 @@
 ``get_dataset`` is deterministic for a seed: the same batches in the same order on
 every call (seqio shuffles with the seed, mixtures sample with it, tf.data keeps
 order), so a trainer resumes by skipping batches (``start_batch``). Sharding
-(``shard_id`` / ``num_shards``) is by example, before shuffling.
+(``shard_id`` / ``num_shards``, one per host) slices each *global* batch of
+``batch_size * num_shards`` examples: every host reads the same global stream and
+keeps its contiguous ``batch_size`` rows, so the global batch at step ``s`` does not
+depend on the number of hosts (a run resumes exactly on another host count).
 
 Pieces: task_datasets.py (a task's or mixture's tokenized examples, text
 mixtures tokenized after sampling), instruction_groups.py (batches whose
@@ -135,32 +138,50 @@ def get_tf_dataset(
       sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
   group = instruction_groups.check_group_size(instruction_group_size,
                                               batch_size, pack)
+  if num_shards < 1 or not 0 <= shard_id < num_shards:
+    raise ValueError(f"shard_id={shard_id} must be in [0, num_shards={num_shards}).")
+  if num_shards > 1 and not drop_remainder:
+    raise ValueError("num_shards > 1 slices whole global batches: a final partial "
+                     "batch cannot be split between hosts (drop_remainder=True).")
   provider = get_provider(name)
   split = _resolve_split(name, split)
-  shard_info = (seqio.ShardInfo(index=shard_id, num_shards=num_shards)
-                if num_shards > 1 else None)
+  global_batch_size = batch_size * num_shards  # Each host keeps its slice.
   ds = task_datasets.task_dataset(provider, split, lengths, shuffle=shuffle,
                                   seed=seed, num_epochs=num_epochs,
-                                  shard_info=shard_info)
+                                  shard_info=None)
   if group > 1:
     ds = instruction_groups.group_instructions(ds, group,
                                                lengths[F.HYPER_INPUTS])
   converter = converters.HyperEncDecFeatureConverter(pack=pack)
   if pack:
     ds = converter(ds, lengths)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.batch(global_batch_size, drop_remainder=drop_remainder)
   else:
     # Same batches as converting example by example, several times faster.
-    ds = converter.convert_batched(ds, lengths, batch_size, drop_remainder)
+    ds = converter.convert_batched(ds, lengths, global_batch_size,
+                                   drop_remainder)
   if group > 1:
     ds = ds.map(functools.partial(instruction_groups.dedupe_instructions,
                                   group_size=group),
+                num_parallel_calls=tf.data.AUTOTUNE)
+  if num_shards > 1:
+    ds = ds.map(functools.partial(_host_rows, shard_id=shard_id,
+                                  num_shards=num_shards),
                 num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = threadpool_size()
   ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
   return ds, converter.truncation
+
+
+def _host_rows(batch: dict, shard_id: int, num_shards: int) -> dict:
+  """The ``shard_id``-th of ``num_shards`` contiguous slices of every array's batch
+  axis (deduplicated instructions, ``[B / g, Lh]``, slice in proportion)."""
+  def rows(x):
+    per = tf.shape(x)[0] // num_shards
+    return x[shard_id * per:(shard_id + 1) * per]
+  return {k: rows(v) for k, v in batch.items()}
 
 
 # Iterators still open. Python code runs inside our pipelines (P3 rendering);

@@ -230,8 +230,9 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   """Assembles each process's slice of the batch into global sharded arrays.
 
-  Each process passes the examples it read (its ``host_shard_info()`` shard); the
-  global batch is their concatenation along the batch axis.
+  Each process passes the rows ``host_shard_info(mesh, batch_size)`` names (its
+  contiguous slice of the global batch); the global batch is their concatenation
+  along the batch axis, in that order.
   """
   sharding = data_sharding(mesh)
   return jax.tree.map(
@@ -239,29 +240,70 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
       local_batch)
 
 
-def host_shard_info() -> tuple[int, int]:
-  """``(shard_id, num_shards)`` of this process, for sharding the input pipeline."""
-  return jax.process_index(), jax.process_count()
+def host_shard_info(mesh: Optional[Mesh] = None,
+                    batch_size: Optional[int] = None) -> tuple[int, int]:
+  """``(shard_id, num_shards)``: this process reads the ``shard_id``-th of
+  ``num_shards`` equal, contiguous slices of every global batch.
+
+  Derived from where the mesh puts the batch rows (``data_sharding``): a process
+  reads exactly the rows its own devices hold, so the global batch at step ``s``
+  is the same examples in the same order whatever the number of processes (the
+  input order is topology invariant, and a resume on another host count goes on
+  where the run stopped). Processes whose devices share rows (the ``model`` axis
+  across hosts) read the same slice. Without a mesh: one slice per process.
+  """
+  if mesh is None:
+    return jax.process_index(), jax.process_count()
+  if batch_size is None:
+    raise ValueError("host_shard_info(mesh, batch_size): batch_size is required "
+                     "with a mesh.")
+  sharding = data_sharding(mesh)
+  rows = set()
+  for index in sharding.addressable_devices_indices_map((batch_size,)).values():
+    rows.add(index[0].indices(batch_size)[:2])
+  start = min(r[0] for r in rows)
+  stop = max(r[1] for r in rows)
+  covered = sum(b - a for a, b in rows)
+  per_host = stop - start
+  if covered != per_host or per_host <= 0 or batch_size % per_host or start % per_host:
+    raise ValueError(
+        f"process {jax.process_index()}: its devices hold batch rows {sorted(rows)} "
+        f"of the global batch of {batch_size}, not one contiguous equal slice; "
+        "order the mesh's devices by process (partitioning.make_mesh does).")
+  return start // per_host, batch_size // per_host
 
 
 @gin.configurable(module=_GIN_MODULE)
 def maybe_initialize_distributed(coordinator_address: Optional[str] = None,
                                  num_processes: Optional[int] = None,
                                  process_id: Optional[int] = None,
-                                 auto: bool = False) -> bool:
+                                 auto: bool = False,
+                                 initialization_timeout: int = 300) -> bool:
   """Calls ``jax.distributed.initialize`` when configured; returns whether it did.
 
   Must run before anything touches devices. With ``coordinator_address`` (and
   usually ``num_processes``/``process_id``) it joins that cluster; with
   ``auto=True`` it lets jax detect the cluster (TPU pods, SLURM, ...). Otherwise,
-  or when already initialised, it does nothing (single process).
+  or when already initialised, it does nothing (single process). On CPU the
+  processes' collectives use gloo (several processes on one machine, or CPU
+  hosts). A coordinator not reached within ``initialization_timeout`` seconds
+  raises ``RuntimeError`` naming the address and this process.
   """
   configured = auto or any(v is not None for v in
                            (coordinator_address, num_processes, process_id))
   if not configured or jax.distributed.is_initialized():
     return False
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=initialization_timeout)
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(
+        f"jax.distributed.initialize: process {process_id} of {num_processes} could "
+        f"not join the coordinator at {coordinator_address or '(auto-detected)'} "
+        f"within {initialization_timeout} s: {e}") from e
   logging.info("jax.distributed initialised: process %d of %d.",
                jax.process_index(), jax.process_count())
   return True

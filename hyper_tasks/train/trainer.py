@@ -31,11 +31,14 @@ Multi-host (TPU pods, multi-node GPU): configure
 ``hyper_tasks.train.partitioning.maybe_initialize_distributed`` (``auto=True`` on TPU
 pods and SLURM; or ``coordinator_address``, ``num_processes``, ``process_id`` for
 other multi-node GPU launchers). Every process then runs this same program: it
-reads its own shard of the input (``host_shard_info()`` -> seqio ``ShardInfo``,
-``batch_size / num_processes`` examples per step), the per-host batches are
-assembled into one global array (``partitioning.global_batch``), checkpoints are
-written cooperatively by orbax, and only process 0 writes summaries and reports.
-``batch_size`` is always the global batch.
+reads its own contiguous slice of each global batch (the rows its devices hold,
+``partitioning.host_shard_info(mesh, batch_size)``; the pipeline reads the global
+stream and keeps that slice, so the batch at step ``s`` is the same examples in the
+same order on 1, 2 or 8 processes and a resume on another host count continues
+exactly), the slices are assembled into one global array
+(``partitioning.global_batch``), checkpoints are written cooperatively by orbax,
+and only process 0 writes summaries and reports. ``batch_size`` is always the
+global batch.
 """
 from __future__ import annotations
 
@@ -194,7 +197,9 @@ def train(*,
     hooks: ``hook(step, state, metrics)`` after every step (device metrics).
     dataset_fn: optional ``dataset_fn(start_batch=, shard_id=, num_shards=,
       batch_size=)`` returning an iterator of numpy batches, instead of the seqio
-      pipeline.
+      pipeline: batch ``i`` from ``start_batch`` on is rows ``[shard_id *
+      batch_size, (shard_id + 1) * batch_size)`` of global batch ``i`` (whose
+      size is ``num_shards * batch_size``).
     compiler_options: XLA options for the train step, e.g.
       ``{"xla_backend_optimization_level": 0}`` to compile tiny CPU runs faster.
     check: ``--check``: resolve and check everything (data, vocabulary, lengths,
@@ -264,7 +269,7 @@ def train(*,
         logging.info("MODEL_DIR already at step %d >= num_steps=%d.", step, num_steps)
         return TrainResult(state, [], report, False)
 
-      shard_id, num_shards = partitioning.host_shard_info()
+      shard_id, num_shards = partitioning.host_shard_info(mesh, batch_size)
       data = iter(data_fn(start_batch=batches, shard_id=shard_id,
                           num_shards=num_shards, batch_size=batch_size // num_shards))
 
@@ -378,7 +383,7 @@ def _check(options, model, optimizer, mesh, rules, sequence_lengths, batch_size,
     input_shapes = ts_lib.init_input_shapes(sequence_lengths)
     fns = _compiled(model, optimizer, mesh, rules, input_shapes, num_microbatches,
                     compiler_options)
-    shard_id, num_shards = partitioning.host_shard_info()
+    shard_id, num_shards = partitioning.host_shard_info(mesh, batch_size)
     data = data_fn(start_batch=0, shard_id=shard_id, num_shards=num_shards,
                    batch_size=batch_size // num_shards)
     batch = next(iter(data))

@@ -51,17 +51,39 @@ def test_start_batch_equals_skipping(toy_registered):
   _assert_same(resumed, full[4:])
 
 
-def test_shards_partition_the_examples(toy_registered):
-  def rows(**kwargs):
-    it = pipeline.get_dataset("toy_test_heldout_op", "test", LENGTHS,
-                              batch_size=5, shuffle=False, num_epochs=1,
-                              drop_remainder=False, **kwargs)
-    return [tuple(r) for b in it for r in np.concatenate(
-        [b[F.HYPER_ENCODER_INPUT_TOKENS], b[F.ENCODER_INPUT_TOKENS]], 1)]
-  everything = rows()
-  shards = [rows(shard_id=i, num_shards=3) for i in range(3)]
-  assert sorted(sum(shards, [])) == sorted(everything)
-  assert all(shards)
+@pytest.mark.parametrize("group", [1, 2])
+def test_host_slices_make_the_same_global_batches(toy_registered, group):
+  """Topology invariance: num_shards hosts, each keeping its slice of the global
+  batch, see together exactly the batches one host sees, in the same order, from
+  any start_batch (a resume on another host count)."""
+  def batches(num_shards, shard_id=0, start_batch=0, n=3):
+    it = pipeline.get_dataset("toy_train", "train", LENGTHS,
+                              batch_size=8 // num_shards, seed=7,
+                              shard_id=shard_id, num_shards=num_shards,
+                              start_batch=start_batch,
+                              instruction_group_size=group)
+    return [next(it) for _ in range(n)]
+  one = batches(1, n=5)
+  for hosts in (2, 4):
+    if (8 // hosts) % group:
+      continue
+    for start in (0, 2):
+      slices = [batches(hosts, i, start) for i in range(hosts)]
+      joined = [{k: np.concatenate([s[b][k] for s in slices]) for k in one[0]}
+                for b in range(3)]
+      _assert_same(joined, one[start:start + 3])
+      assert slices[0][0][F.ENCODER_INPUT_TOKENS].shape[0] == 8 // hosts
+      assert (slices[0][0][F.HYPER_ENCODER_INPUT_TOKENS].shape[0]
+              == 8 // hosts // group)
+
+
+def test_host_slices_reject_bad_shards(toy_registered):
+  with pytest.raises(ValueError, match="shard_id=2"):
+    pipeline.get_dataset("toy_train", "train", LENGTHS, batch_size=4, shard_id=2,
+                         num_shards=2)
+  with pytest.raises(ValueError, match="drop_remainder"):
+    pipeline.get_dataset("toy_train", "train", LENGTHS, batch_size=4, shard_id=0,
+                         num_shards=2, drop_remainder=False)
 
 
 def test_truncation_stats_after_a_finite_pass(toy_registered):

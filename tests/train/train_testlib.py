@@ -16,6 +16,8 @@ from hyper_tasks.models.peft_spec import AdapterSpec, PeftSpec, PrefixSpec
 from hyper_tasks.models.transformer import Transformer
 
 LENGTHS = {"hyper_inputs": 24, "inputs": 24, "targets": 8}
+# The toy tasks (hyper_tasks.data.toy) through the real pipeline.
+TOY_LENGTHS = {"hyper_inputs": 48, "inputs": 16, "targets": 16}
 
 
 def enable_compilation_cache() -> None:
