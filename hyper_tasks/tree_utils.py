@@ -112,3 +112,20 @@ def unflatten_like(reference: Any, flat: Mapping[str, Any], sep: str = "/") -> A
   (the inverse of :func:`leaves_by_path` for ``reference``'s paths)."""
   return jax.tree.unflatten(jax.tree.structure(reference),
                             [flat[p] for p in leaf_paths(reference, sep)])
+
+
+def to_host(x) -> Any:
+  """``x`` (array or pytree of arrays) as numpy on this process.
+
+  An array that spans several processes (sharded over a multi-host mesh) is
+  all-gathered, so every process gets the whole value; every process must then
+  make the same call, as with any collective.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def one(leaf):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+  return jax.tree.map(one, x)

@@ -157,7 +157,7 @@ def run_records(model, params, records: Sequence[Record],
     rank_records = [r for r, k in zip(records, is_rank) if k]
 
   runner = runner_lib.Runner(model, params, options.batch_size,
-                             options.use_cache)
+                             options.use_cache, mesh=options.mesh)
   truncated = {k: 0 for k in F.TOKEN_FEATURES}
   vocabulary = options.vocabulary
 

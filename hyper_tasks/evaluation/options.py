@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 from hyper_tasks.data import features as F
 from hyper_tasks.data import vocab as vocab_lib
 from hyper_tasks.evaluation import batching
+from hyper_tasks.evaluation import sharding
 from hyper_tasks.evaluation.records import control_name
 from hyper_tasks.evaluation.runner import DECODE_METHODS
 
@@ -45,6 +46,11 @@ class EvalOptions:
     checkpoint: checkpoint path recorded in the report.
     progress: tqdm progress bars with ETA.
     seed: the controls' seed.
+    mesh: None: one device (the parameters wherever they are). A
+      `jax.sharding.Mesh`: every batch is split over its `"data"` axis (across
+      processes too) and the outputs gathered on every process (sharding.py);
+      place the parameters on it first (`train.partitioning`, as training does).
+      `batch_size` must divide by the data axis.
   """
   sequence_lengths: Optional[Mapping[str, int]] = None
   split: str = "test"
@@ -62,6 +68,7 @@ class EvalOptions:
   checkpoint: Optional[str] = None
   progress: bool = True
   seed: int = 0
+  mesh: Optional[Any] = None
 
   def __post_init__(self):
     if self.decode_method not in DECODE_METHODS:
@@ -69,6 +76,7 @@ class EvalOptions:
                        f"{self.decode_method!r}.")
     if self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+    sharding.check_mesh(self.mesh, self.batch_size)
     controls = ((self.controls,) if isinstance(self.controls, str)
                 else tuple(self.controls))
     object.__setattr__(self, "control", control_name(self.control))

@@ -12,7 +12,14 @@ exactly `batch_size` rows, rows of one instruction adjacent
 instruction: a batch of one instruction runs with that task's per-task
 (unbatched) adaptation, broadcast by the backbone; a batch that straddles
 instructions with per-example adaptations. Without it (`use_cache=False`) the
-model runs its hypernetwork inside every call, once per row.
+model runs its hypernetwork inside every call, once per row. New instructions
+are encoded ahead, up to `batch_size` distinct ones per hypernetwork call in the
+order the batches need them (`AdaptationCache.prefetch`), not one instruction
+padded to a whole batch.
+
+With a mesh (`EvalOptions.mesh`) every batch is split over its data axis and the
+outputs gathered on every process (sharding.py); without one, the arrays go to
+the default device as before.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from hyper_tasks import tree_utils
 from hyper_tasks.data import features as F
 from hyper_tasks.evaluation import batching
+from hyper_tasks.evaluation import sharding
 from hyper_tasks.models import jit_cache
-from hyper_tasks.models.cache import AdaptationCache
+from hyper_tasks.models.cache import AdaptationCache, instruction_key
 
 DECODE_METHODS = ("greedy", "beam")
 SCORE_KEYS = (F.ENCODER_INPUT_TOKENS, F.DECODER_INPUT_TOKENS,
@@ -94,10 +103,14 @@ def run_in_stream_order(call, arrays: Mapping[str, np.ndarray],
 class Runner:
   """Runs the model over fixed-size batches; owns the adaptation cache."""
 
-  def __init__(self, model, params, batch_size: int, use_cache: bool):
+  def __init__(self, model, params, batch_size: int, use_cache: bool,
+               mesh=None):
+    sharding.check_mesh(mesh, batch_size)
     self.model = model
     self.params = nn.unbox(params)
     self.batch_size = batch_size
+    self.mesh = mesh
+    self._ahead: tuple[np.ndarray, dict[bytes, int]] = (np.zeros((0, 0)), {})
     self.uses_instruction = bool(model.uses_instruction)
     self.cache = None
     if self.uses_instruction and use_cache:
@@ -115,18 +128,37 @@ class Runner:
   def cache_hits(self) -> int:
     return int(self.cache.hits) if self.cache is not None else 0
 
+  def _place(self, feed: Mapping[str, np.ndarray]):
+    if self.mesh is None:
+      return feed
+    return sharding.place_batch(feed, self.mesh)
+
+  def _encode_ahead(self, rows: np.ndarray):
+    """Encodes, with the next instructions the batches will need, those of
+    ``rows`` the cache does not hold: one hypernetwork call of up to
+    ``batch_size`` distinct new instructions."""
+    upcoming, position = self._ahead
+    missing = [instruction_key(r) for r in rows]
+    missing = [k for k in missing if not self.cache.holds(k)]
+    if not missing or missing[0] not in position:
+      return
+    start = position[missing[0]]
+    self.cache.prefetch(upcoming[start:start + self.batch_size])
+
   def _inputs(self, arrays: Mapping[str, np.ndarray], batch: batching.Batch,
               keys: Sequence[str]):
     """(batch dict, adaptation) for one batch."""
-    feed = batching.gather(arrays, batch.indices, keys)
+    feed = self._place(batching.gather(arrays, batch.indices, keys))
     if not self.uses_instruction:
       return feed, None
     hyper = arrays[F.HYPER_ENCODER_INPUT_TOKENS]
     if self.cache is None:
       # The model runs the hypernetwork on every row inside the call.
-      feed[F.HYPER_ENCODER_INPUT_TOKENS] = hyper[batch.indices]
+      feed.update(self._place(
+          {F.HYPER_ENCODER_INPUT_TOKENS: hyper[batch.indices]}))
       self.uncached_hypernet_rows += batch.num_real
       return feed, None
+    self._encode_ahead(hyper[batch.real_indices])
     if batch.homogeneous:  # One per-task adaptation, broadcast.
       return feed, self.cache.get_task(hyper[batch.indices[0]],
                                        rows=batch.num_real)
@@ -139,6 +171,12 @@ class Runner:
     if self.uses_instruction:
       hyper = encoded.arrays[F.HYPER_ENCODER_INPUT_TOKENS]
       order = batching.instruction_order(hyper)
+      # The distinct instructions in the order the batches first need them.
+      first: dict[bytes, int] = {}
+      for i in order:
+        first.setdefault(instruction_key(hyper[i]), int(i))
+      self._ahead = (hyper[np.asarray(list(first.values()), dtype=np.int64)],
+                     {k: j for j, k in enumerate(first)})
     return batching.make_batches(order, self.batch_size, hyper)
 
   def score(self, encoded: batching.EncodedRows, *, progress: bool,
@@ -149,7 +187,7 @@ class Runner:
     for batch in tqdm.tqdm(self._batches(encoded), desc=desc, unit="batch",
                            disable=not progress, leave=False):
       feed, adaptation = self._inputs(encoded.arrays, batch, SCORE_KEYS)
-      out = np.asarray(fn(self.params, feed, adaptation))
+      out = tree_utils.to_host(fn(self.params, feed, adaptation))
       scores[batch.real_indices] = out[:batch.num_real]
     return scores
 
@@ -163,6 +201,6 @@ class Runner:
                            disable=not progress, leave=False):
       feed, adaptation = self._inputs(encoded.arrays, batch,
                                       (F.ENCODER_INPUT_TOKENS,))
-      tokens = np.asarray(fn(self.params, feed, adaptation))
+      tokens = tree_utils.to_host(fn(self.params, feed, adaptation))
       out[batch.real_indices] = tokens[:batch.num_real]
     return out

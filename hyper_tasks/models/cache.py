@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyper_tasks import tree_utils
 from hyper_tasks.models import jit_cache
 from hyper_tasks.models.adaptation import Adaptation
 
@@ -117,6 +118,9 @@ class AdaptationCache:
     self._sizes: dict[bytes, int] = {}
     self.nbytes = 0
     self._lengths: dict[int, int] = {}
+    # Prefetched instructions not yet asked for: counted as misses when first
+    # asked for, so the counters do not depend on prefetching.
+    self._fresh: set[bytes] = set()
     self.hits = self.misses = self.hypernet_runs = self.hypernet_calls = 0
 
   def __len__(self) -> int:
@@ -125,7 +129,33 @@ class AdaptationCache:
   def clear(self):
     self._entries.clear()
     self._sizes.clear()
+    self._fresh.clear()
     self.nbytes = 0
+
+  def holds(self, key: bytes) -> bool:
+    """Whether the instruction ``key`` (``instruction_key``) is stored."""
+    return key in self._entries
+
+  def prefetch(self, hyper_encoder_input_tokens) -> int:
+    """Encodes the instructions of ``[N, Lh]`` rows that are not stored, in one
+    hypernetwork call (per ``encode_rows`` chunk), ahead of their use; returns
+    how many were encoded. The counters count them when they are asked for."""
+    tokens = np.asarray(hyper_encoder_input_tokens)
+    new: dict[bytes, int] = {}
+    for i, row in enumerate(tokens):
+      key = instruction_key(row)
+      if key not in self._entries and key not in new:
+        new[key] = i
+    if not new:
+      return 0
+    batch = self.encode_instruction(tokens[np.asarray(list(new.values()))])
+    for j, key in enumerate(new):
+      self._store(key, batch.index(j))
+      self._fresh.add(key)
+    self.hypernet_runs += len(new)
+    self.hypernet_calls += 1
+    self._evict()
+    return len(new)
 
   def encode_instruction(self, hyper_encoder_input_tokens) -> Adaptation:
     """The jitted, uncached hypernetwork: ``[B, Lh]`` -> batched ``Adaptation``."""
@@ -138,7 +168,7 @@ class AdaptationCache:
       chunk = tokens[start:start + rows]
       padded = np.concatenate(
           [chunk, np.repeat(chunk[-1:], rows - len(chunk), axis=0)])
-      out = encode(self.params, jnp.asarray(padded))
+      out = encode(self.params, padded)  # numpy: replicated on any mesh
       parts.append(jax.tree.map(lambda x, k=len(chunk): x[:k], out))
     if len(parts) == 1:
       return parts[0]
@@ -156,7 +186,7 @@ class AdaptationCache:
 
   def _store(self, key: bytes, entry: Adaptation):
     if entry.instruction is not None:
-      real = np.flatnonzero(np.asarray(entry.instruction_mask))
+      real = np.flatnonzero(tree_utils.to_host(entry.instruction_mask))
       n = int(real[-1]) + 1 if real.size else 0
       trim = lambda x: x[:n]
       entry = entry.replace(
@@ -174,6 +204,7 @@ class AdaptationCache:
         or (self.max_bytes is not None and self.nbytes > self.max_bytes)):
       key, _ = self._entries.popitem(last=False)
       self.nbytes -= self._sizes.pop(key)
+      self._fresh.discard(key)
 
   def _lookup(self, tokens: np.ndarray, counts: list[int]) -> list[Adaptation]:
     """Stored entries of the rows of ``tokens`` ``[N, Lh]``, each row standing
@@ -182,7 +213,11 @@ class AdaptationCache:
     keys = [instruction_key(row) for row in tokens]
     new: dict[bytes, int] = {}
     for i, (key, count) in enumerate(zip(keys, counts)):
-      if key in self._entries or key in new:
+      if key in self._fresh:  # Prefetched: its first use counts as a miss.
+        self._fresh.discard(key)
+        self.misses += 1
+        self.hits += count - 1
+      elif key in self._entries or key in new:
         self.hits += count
       else:
         new[key] = i

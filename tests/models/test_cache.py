@@ -93,6 +93,31 @@ def test_many_instances_of_one_task_run_the_hypernetwork_once(setup):
                              np.asarray(score(params, batch)), atol=1e-5, rtol=1e-5)
 
 
+def test_prefetch_encodes_ahead_in_one_call_with_the_same_counters(setup):
+  """Prefetching the next instructions runs the hypernetwork once for all of
+  them (not once per instruction padded to a batch); outputs and the hit / miss
+  counters equal the cache without prefetching."""
+  model, params, score = setup
+  plain, ahead = AdaptationCache(model, params), AdaptationCache(model, params,
+                                                                  encode_rows=B)
+  assert ahead.prefetch(hyper_rows("ABCA")) == 3
+  assert ahead.prefetch(hyper_rows("AB")) == 0  # Stored: nothing to run.
+  assert ahead.hypernet_calls == 1 and ahead.hypernet_runs == 3
+  assert ahead.holds(instruction_key(hyper_rows("C")[0]))
+  assert not ahead.holds(instruction_key(hyper_rows("D")[0]))
+  for seed, names in enumerate(["AABB", "CCAB"]):
+    batch = batch_for(names, 20 + seed)
+    rows = batch["hyper_encoder_input_tokens"]
+    np.testing.assert_array_equal(
+        np.asarray(score(params, batch, ahead.get(rows))),
+        np.asarray(score(params, batch, plain.get(rows))))
+  task = hyper_rows("C")[0]
+  np.testing.assert_array_equal(np.asarray(ahead.get_task(task).instruction),
+                                np.asarray(plain.get_task(task).instruction))
+  assert (ahead.hits, ahead.misses) == (plain.hits, plain.misses) == (6, 3)
+  assert ahead.hypernet_calls == 1 and plain.hypernet_calls == 2
+
+
 def test_least_recently_used_entries_are_evicted(setup):
   model, params, score = setup
   cache = AdaptationCache(model, params, max_entries=2)

@@ -1,4 +1,6 @@
-"""Sharded training equals one device: 8-way data parallel, 4x2 data x model, FSDP.
+"""Sharded training equals one device: 8-way data parallel, 4x2 data x model, FSDP,
+for plain T5 and for HINT (adapters, prefixes, instruction fusion); sharded
+evaluation on 4x2 data x model gives the one-device report.
 
 Runs in a subprocess because ``--xla_force_host_platform_device_count=8`` must be
 set before jax initialises its CPU backend.
@@ -53,6 +55,52 @@ for name, r in runs.items():
       "v_wi_spec": spec(v["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]),
       "params": [np.asarray(x).ravel()[:64].tolist() for x in jax.tree.leaves(p)],
   }
+
+# HINT: hypernetwork generating adapters and prefixes, instruction fusion.
+hint = lib.tiny_hint(dropout_rate=0.0)
+hint_opt = optimizers.adafactor_dual(backbone_lr=1e-2, hypernet_lr=1e-2)
+def run_hint(mesh, **kwargs):
+  return trainer.train(
+      model=hint, model_dir=tempfile.mkdtemp(), mixture_or_task_name="synthetic",
+      num_steps=3, batch_size=8, sequence_lengths=lib.LENGTHS, optimizer=hint_opt,
+      parallelism=train_config.Parallelism(mesh=mesh, **kwargs),
+      dataset_fn=lib.synthetic_batches,
+      summaries=train_config.Summaries(period=1, progress=False),
+      checkpointing=train_config.Checkpointing(period=1000))
+mesh42 = partitioning.make_mesh((4, 2))
+hint_runs = {
+    "one": run_hint(Mesh(np.array(jax.devices()[:1]).reshape(1, 1),
+                         ("data", "model"))),
+    "data4_model2": run_hint(mesh42),
+    "fsdp4_model2": run_hint(mesh42, fsdp=True),
+}
+for name, r in hint_runs.items():
+  p = r.state.params
+  out["hint_" + name] = {
+      "losses": [h["loss"] for h in r.history],
+      "params": [np.asarray(x).ravel()[:64].tolist() for x in jax.tree.leaves(p)],
+      "sharded_hypernet_leaves": sum(
+          any(a is not None for a in x.sharding.spec)
+          for x in jax.tree.leaves(p["hypernet"])),
+  }
+
+# Sharded evaluation: the one-device HINT parameters placed as the 4x2 run
+# places them, batches split over data; the same report as on one device.
+from hyper_tasks.data import toy
+from hyper_tasks.evaluation import evaluator
+toy.register_toy()
+one_params = hint_runs["one"].state.params
+placed = jax.device_put(one_params, jax.tree.map(
+    lambda x: x.sharding, hint_runs["fsdp4_model2"].state.params))
+def report(params, mesh):
+  rep = evaluator.evaluate_many(
+      hint, params, ["toy_test_heldout_op", "toy_test_seen"], batch_size=8,
+      max_examples=3, sequence_lengths=lib.TOY_LENGTHS, progress=False,
+      mesh=mesh)
+  rep.pop("seconds")
+  return rep
+out["eval_one"] = report(one_params, None)
+out["eval_sharded"] = report(placed, mesh42)
 print("RESULT " + json.dumps(out))
 '''
 
@@ -83,3 +131,16 @@ def test_sharded_runs_match_one_device():
   assert out["fsdp4_model2"]["wi_spec"] == ["data", "model"]
   assert out["fsdp4_model2"]["wi_shard_shape"] == [8, 32]
   assert out["fsdp4_model2"]["wi_devices"] == 8
+  # HINT under data x model and FSDP equals one device.
+  ref = out["hint_one"]["losses"]
+  assert len(ref) == 3 and all(0 < x < 10 for x in ref)
+  for name in ("hint_data4_model2", "hint_fsdp4_model2"):
+    diffs = [abs(a - b) for a, b in zip(out[name]["losses"], ref)]
+    assert len(diffs) == 3 and max(diffs) < 1e-5, (name, diffs)
+    for a, b in zip(out[name]["params"], out["hint_one"]["params"]):
+      assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, name
+    assert out[name]["sharded_hypernet_leaves"] > 0, name  # Really split.
+  # Sharded evaluation gives the one-device report.
+  one, sharded = out["eval_one"], out["eval_sharded"]
+  assert one["num_examples"] > 0 and one["hypernet_calls"] > 0
+  assert sharded == one
