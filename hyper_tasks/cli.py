@@ -5,6 +5,9 @@
   hyper-tasks infer   --gin_file=... --gin_file=runs/infer.gin ...
   hyper-tasks diagnose --model_dir=DIR --tasks=T1,T2 [-k 8] [--gin_file=...]
                       (adapter diagnostics: KL from the backbone, norms, gaps; JSON)
+  hyper-tasks cache   --tasks=REGEX --output_dir=DIR [--workers N] [--lengths 1024,256,128]
+                      [--sni_dir ... --p3_templates ... --p3_data ... --c4_path ... --vocab ...]
+                      (the preprocessing cache; read when CACHE_DIRS names DIR)
   hyper-tasks list    [pattern] [--sni_dir ...]          (tasks and mixtures)
   hyper-tasks show    NAME [--num 3]                     (a few examples)
   hyper-tasks convert hf-to-ours  HF_DIR OUT_DIR         (params-only checkpoint)
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -33,13 +37,17 @@ from hyper_tasks import infer as infer_lib
 from hyper_tasks import tree_utils
 from hyper_tasks.convert import hf
 from hyper_tasks.convert import t5x_checkpoint
+from hyper_tasks.data import cache as cache_lib
+from hyper_tasks.data import cache_writer
 from hyper_tasks.data import cli as data_cli
+from hyper_tasks.data import register
 from hyper_tasks.models.config import T5Config
 from hyper_tasks.train import __main__ as train_main
 from hyper_tasks.train import checkpoint_formats
 from hyper_tasks.train import checkpoints as train_checkpoints
 
-COMMANDS = ("train", "eval", "infer", "diagnose", "list", "show", "convert")
+COMMANDS = ("train", "eval", "infer", "diagnose", "cache", "list", "show",
+            "convert")
 
 
 def _params_only_checkpoint(params: Any, out_dir: str) -> str:
@@ -119,6 +127,63 @@ def convert(argv: Sequence[str]) -> int:
   return 0
 
 
+def cache(argv: Sequence[str]) -> int:
+  """``hyper-tasks cache ...``: writes the preprocessing cache (cache_writer.py)."""
+  p = argparse.ArgumentParser(prog="hyper-tasks cache",
+                              description="Render, tokenize and cache tasks.")
+  p.add_argument("--tasks", required=True,
+                 help="Regular expression over task and mixture names (whole "
+                 "name); a mixture brings its member tasks.")
+  p.add_argument("--output_dir", required=True, help="Cache root (CACHE_DIRS).")
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                 help="Worker processes (0: in this process).")
+  p.add_argument("--lengths", default="1024,256,128",
+                 help="hyper_inputs,inputs,targets lengths training will use.")
+  p.add_argument("--splits", default=None, help="Comma-separated splits "
+                 "(default: every split of each task).")
+  p.add_argument("--num_shards", type=int, default=None,
+                 help="Shards per task split (default: --workers).")
+  p.add_argument("--vocab", default="byte",
+                 help='"byte" or a SentencePiece model (or its folder).')
+  p.add_argument("--sni_dir")
+  p.add_argument("--sni_allow_missing_tasks", action="store_true")
+  p.add_argument("--sni_skip_bad_files", action="store_true")
+  p.add_argument("--sni_max_instances_per_task", type=int, default=100)
+  p.add_argument("--p3_templates")
+  p.add_argument("--p3_data")
+  p.add_argument("--p3_instruction", default="template")
+  p.add_argument("--c4_path")
+  args = p.parse_args(argv)
+  try:
+    lengths = dict(zip(("hyper_inputs", "inputs", "targets"),
+                       [int(v) for v in args.lengths.split(",")]))
+  except ValueError:
+    lengths = {}
+  if len(lengths) != 3:
+    raise SystemExit(f"--lengths wants three integers, got {args.lengths!r}.")
+  register_kwargs = dict(
+      sni_dir=args.sni_dir, p3_templates_dir=args.p3_templates,
+      p3_data_dir=args.p3_data, c4_path=args.c4_path, vocabulary=args.vocab,
+      sni_allow_missing_tasks=args.sni_allow_missing_tasks,
+      sni_skip_bad_files=args.sni_skip_bad_files,
+      sni_max_instances_per_task=args.sni_max_instances_per_task,
+      p3_instruction=args.p3_instruction)
+  register.register_all(**register_kwargs)
+  try:
+    built = cache_writer.build_cache(
+        args.tasks, args.output_dir, lengths, workers=args.workers,
+        register_kwargs=register_kwargs,
+        splits=args.splits.split(",") if args.splits else None,
+        num_shards=args.num_shards)
+  except (cache_lib.CacheError, cache_writer.CacheWorkerError, ValueError) as e:
+    print(f"hyper-tasks cache: {e}", file=sys.stderr)
+    return 1
+  for name, splits in sorted(built.items()):
+    print(f"{name}: " + ", ".join(f"{s} {n}" for s, n in sorted(splits.items())))
+  print(f"cached {len(built)} tasks -> {args.output_dir}", flush=True)
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -134,6 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return infer_lib.main(rest)
   if command == "diagnose":
     return diagnose.main(rest)
+  if command == "cache":
+    return cache(rest)
   if command in ("list", "show"):
     return data_cli.main([command] + rest)
   return convert(rest)

@@ -16,6 +16,14 @@ order), so a trainer resumes by skipping batches (``start_batch``). Sharding
 keeps its contiguous ``batch_size`` rows, so the global batch at step ``s`` does not
 depend on the number of hosts (a run resumes exactly on another host count).
 
+With the preprocessing cache (``input_cache``, gin macro ``CACHE_DIRS``; built
+by ``hyper-tasks cache``, cache.py) the examples come from the cache in the
+seekable order of seekable.py, so ``start_batch`` seeks instead of replaying
+(with packing or instruction groups it still skips batches, cheaply). That order
+is not seqio's shuffle-buffer order; ``input_cache.seekable_order`` gives it to
+uncached tasks too (rendered in memory), which is how uncached and cached runs
+are compared.
+
 Pieces: task_datasets.py (a task's or mixture's tokenized examples, text
 mixtures tokenized after sampling), instruction_groups.py (batches whose
 consecutive examples share an instruction), converters.py (examples -> model
@@ -32,21 +40,23 @@ from __future__ import annotations
 import atexit
 import functools
 import itertools
-import json
 import logging
 import os
 from typing import Any, Iterator, Mapping, Optional, Sequence
 import weakref
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from hyper_tasks.data import cache
 from hyper_tasks.data import converters
 from hyper_tasks.data import features as F
 from hyper_tasks.data import instruction_groups
 from hyper_tasks.data import register
 from hyper_tasks.data import registry
+from hyper_tasks.data import seekable
 from hyper_tasks.data import task_datasets
 from hyper_tasks.data import vocab as vocab_lib
 
@@ -119,6 +129,18 @@ def threadpool_size() -> int:
   return max(MIN_THREADPOOL_SIZE, os.cpu_count() or 1)
 
 
+@gin.configurable(module="hyper_tasks.data")
+def input_cache(cache_dirs: Optional[Sequence[str]] = (),
+                seekable_order: bool = False) -> tuple[tuple[str, ...], bool]:
+  """Where the preprocessing cache is (gin: ``data.input_cache.cache_dirs =
+  %CACHE_DIRS``) and whether uncached tasks use the seekable order too.
+
+  Returns:
+    ``(cache_dirs, seekable_order)`` as bound.
+  """
+  return tuple(d for d in (cache_dirs or ()) if d), bool(seekable_order)
+
+
 def get_tf_dataset(
     name: str,
     split: Optional[str] = None,
@@ -132,8 +154,14 @@ def get_tf_dataset(
     pack: bool = False,
     drop_remainder: bool = True,
     instruction_group_size: int = 1,
+    start_batch: int = 0,
+    cache_dirs: Optional[Sequence[str]] = None,
+    seekable_order: Optional[bool] = None,
 ) -> tuple[tf.data.Dataset, converters.TruncationCounter]:
-  """``get_dataset`` as a batched ``tf.data.Dataset`` and its truncation counter."""
+  """``get_dataset`` as a batched ``tf.data.Dataset`` and its truncation counter.
+
+  ``cache_dirs`` / ``seekable_order``: None takes them from ``input_cache()``.
+  """
   lengths = converters.check_sequence_lengths(
       sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
   group = instruction_groups.check_group_size(instruction_group_size,
@@ -146,24 +174,41 @@ def get_tf_dataset(
   provider = get_provider(name)
   split = _resolve_split(name, split)
   global_batch_size = batch_size * num_shards  # Each host keeps its slice.
-  ds = task_datasets.task_dataset(provider, split, lengths, shuffle=shuffle,
-                                  seed=seed, num_epochs=num_epochs,
-                                  shard_info=None)
-  if group > 1:
-    ds = instruction_groups.group_instructions(ds, group,
-                                               lengths[F.HYPER_INPUTS])
   converter = converters.HyperEncDecFeatureConverter(pack=pack)
-  if pack:
-    ds = converter(ds, lengths)
-    ds = ds.batch(global_batch_size, drop_remainder=drop_remainder)
+  dirs, seekable_order = input_cache() if cache_dirs is None else (
+      tuple(cache_dirs), bool(seekable_order))
+  tasks = [t for t in tasks_of(name) if split in t.splits]
+  planned = seekable.plan(
+      name, provider, tasks, split, lengths, cache_dirs=dirs,
+      seekable_order=seekable_order, shuffle=shuffle, seed=seed,
+      num_epochs=num_epochs) if (dirs or seekable_order) else None
+  if planned is not None and not pack and group == 1:
+    ds = seekable.model_batches(*planned, start_batch, global_batch_size,
+                                lengths, converter, drop_remainder)
+    start_batch = 0  # Sought.
   else:
-    # Same batches as converting example by example, several times faster.
-    ds = converter.convert_batched(ds, lengths, global_batch_size,
-                                   drop_remainder)
-  if group > 1:
-    ds = ds.map(functools.partial(instruction_groups.dedupe_instructions,
-                                  group_size=group),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    if planned is not None:
+      ds = seekable.examples_dataset(*planned)
+    else:
+      ds = task_datasets.task_dataset(provider, split, lengths, shuffle=shuffle,
+                                      seed=seed, num_epochs=num_epochs,
+                                      shard_info=None)
+    if group > 1:
+      ds = instruction_groups.group_instructions(ds, group,
+                                                 lengths[F.HYPER_INPUTS])
+    if pack:
+      ds = converter(ds, lengths)
+      ds = ds.batch(global_batch_size, drop_remainder=drop_remainder)
+    else:
+      # Same batches as converting example by example, several times faster.
+      ds = converter.convert_batched(ds, lengths, global_batch_size,
+                                     drop_remainder)
+    if group > 1:
+      ds = ds.map(functools.partial(instruction_groups.dedupe_instructions,
+                                    group_size=group),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+  if start_batch:
+    ds = ds.skip(start_batch)
   if num_shards > 1:
     ds = ds.map(functools.partial(_host_rows, shard_id=shard_id,
                                   num_shards=num_shards),
@@ -269,12 +314,14 @@ def get_dataset(
     sequence_lengths: ``{"hyper_inputs": Lh, "inputs": Li, "targets": Lt}``.
     batch_size: batch axis of every array (the remainder is dropped unless
       ``drop_remainder=False``).
-    start_batch: skip this many batches first (resuming).
+    start_batch: start at this batch (resuming): from the preprocessing cache
+      a seek, otherwise the batches before it are skipped.
     **dataset_options: the rest of :func:`get_tf_dataset`'s settings:
       ``shuffle`` (with ``seed``, which makes the stream reproducible),
       ``num_epochs`` (None repeats forever), ``shard_id`` / ``num_shards`` (this
       host's shard of the input), ``pack`` (baselines; see converters.py),
-      ``drop_remainder`` (drop a final partial batch), and
+      ``drop_remainder`` (drop a final partial batch), ``cache_dirs`` /
+      ``seekable_order`` (default: ``input_cache()``), and
       ``instruction_group_size``: ``g > 1`` groups every ``g`` consecutive
       examples by instruction and sends each group's instruction once:
       ``hyper_encoder_input_tokens`` is ``[B / g, Lh]``, and the model encodes
@@ -288,9 +335,7 @@ def get_dataset(
     positions when packing), with ``truncation_stats()``.
   """
   ds, truncation = get_tf_dataset(name, split, sequence_lengths, batch_size,
-                                 **dataset_options)
-  if start_batch:
-    ds = ds.skip(start_batch)
+                                 start_batch=start_batch, **dataset_options)
   return BatchIterator(ds, truncation, name)
 
 
@@ -317,6 +362,11 @@ def load_examples(name: str, split: Optional[str] = None,
     remaining = None if max_examples is None else max_examples - len(out)
     if remaining is not None and remaining <= 0:
       break
+    cached = _cached_split(task, split, sequence_lengths)
+    if cached is not None:
+      rows = seekable.read_cached_examples(cached, remaining)
+      out.extend(seekable.from_cache(ex, task) for ex in rows)
+      continue
     if registry.is_text_level(task.name):
       ds = task_datasets.text_dataset(task, split)
       decode = F.decode_example
@@ -326,26 +376,23 @@ def load_examples(name: str, split: Optional[str] = None,
       ds = task_datasets.task_dataset(task, split, lengths, shuffle=False,
                                       seed=None, num_epochs=1, shard_info=None)
       vocabulary = task.output_features[F.TARGETS].vocabulary
-      decode = lambda ex, v=vocabulary: _decode_tokens(ex, v)
+      decode = lambda ex, v=vocabulary: seekable.decode_tokens(ex, v)
     if remaining is not None:
       ds = ds.take(remaining)
     out.extend(decode(ex) for ex in ds.as_numpy_iterator())
   return out
 
 
-def _decode_tokens(example: Mapping[str, Any],
-                   vocabulary: seqio.Vocabulary) -> dict[str, Any]:
-  out = F.decode_example({k: v for k, v in example.items()
-                          if k not in F.TOKEN_FEATURES})
-  for key in F.TOKEN_FEATURES:
-    ids = [int(i) for i in example[key] if i not in (vocab_lib.PAD_ID,)]
-    if ids and ids[-1] == vocab_lib.EOS_ID:
-      ids = ids[:-1]
-    out[key] = vocabulary.decode(ids)
-  if out.get(F.REFERENCES) == "[]":
-    # Token-level tasks have no text references; the decoded target is one.
-    out[F.REFERENCES] = json.dumps([out[F.TARGETS]], ensure_ascii=False)
-  return out
+def _cached_split(task: seqio.Task, split: str,
+                  sequence_lengths: Optional[Mapping[str, int]]
+                  ) -> Optional[cache.CachedSplit]:
+  """``task``'s split in the preprocessing cache (``input_cache``), if there."""
+  dirs, _ = input_cache()
+  if not dirs:
+    return None
+  lengths = converters.check_sequence_lengths(
+      sequence_lengths or DEFAULT_SEQUENCE_LENGTHS)
+  return cache.find(task, split, lengths, dirs)
 
 
 def tokenize(texts: Sequence[str],

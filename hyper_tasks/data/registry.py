@@ -80,6 +80,11 @@ def add_mixture(name: str, key: Hashable,
   _KEYS[name] = full_key
 
 
+def registration_key(name: str) -> Optional[Hashable]:
+  """The key ``name`` was registered with (None: not added by this package)."""
+  return _KEYS.get(name)
+
+
 def is_text_level(name: str) -> bool:
   """Whether ``name``'s examples are text before tokenization (see load_examples)."""
   if name in seqio.MixtureRegistry.names():
