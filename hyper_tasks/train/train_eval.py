@@ -51,13 +51,19 @@ class TrainEval:
 
 
 def run(cfg: TrainEval, model, params, step: int, model_dir: str,
-        train_sequence_lengths: Mapping[str, int]) -> dict:
-  """Evaluates ``params`` at ``step`` and writes the report; returns it."""
+        train_sequence_lengths: Mapping[str, int], mesh=None) -> dict:
+  """Evaluates ``params`` at ``step`` and writes the report; returns it.
+
+  ``mesh``: the training mesh; the parameters stay where training put them and
+  each evaluation batch is split over its data axis (across hosts), so
+  ``cfg.batch_size`` must divide by the data-parallel size.
+  """
   options = evaluator.EvalOptions(
       split=cfg.split,
       sequence_lengths=dict(cfg.sequence_lengths or train_sequence_lengths),
       batch_size=cfg.batch_size, max_examples=cfg.max_examples, step=step,
-      config_str=gin.config_str(), progress=False, **dict(cfg.evaluate_kwargs))
+      config_str=gin.config_str(), progress=False, mesh=mesh,
+      **dict(cfg.evaluate_kwargs))
   rep = evaluator.evaluate_many(model, params, cfg.names, options)
   if jax.process_index() == 0:
     report_lib.write_report(model_dir, rep)

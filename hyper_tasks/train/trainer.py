@@ -236,6 +236,13 @@ def train(*,
     rules = partitioning.logical_axis_rules(fsdp=parallelism.fsdp)
   _check_batch_split(batch_size, batching, mesh.shape[partitioning.DATA],
                      dataset_fn is not None)
+  if eval_period and evaluation is not None:
+    data_size = mesh.shape[partitioning.DATA]
+    if evaluation.batch_size % data_size:
+      raise ValueError(
+          f"TrainEval.batch_size={evaluation.batch_size} must be divisible by the "
+          f"data-parallel size {data_size}: evaluation splits its batches over "
+          "the training mesh's data axis.")
   if dataset_fn is None:
     pipeline.check_vocabulary([mixture_or_task_name], model.config.vocab_size,
                               where="train")
@@ -307,10 +314,11 @@ def train(*,
         if eval_period and evaluation is not None and (step % eval_period == 0 or
                                                        done):
           _check_finite(*last, ckpt)
-          # The evaluator's batches need not divide the mesh: no activation rules.
+          # Batches split over the data axis; no activation rules (the
+          # parameters' placement and the inputs' decide the layout).
           with nn.logical_axis_rules(()):
             train_eval.run(evaluation, model, state.params, step, model_dir,
-                           sequence_lengths)
+                           sequence_lengths, mesh=mesh)
           writer.reset_clock()
         preempted = checkpoints.preemption_requested(
             sync_hosts=jax.process_count() > 1, step=step,
