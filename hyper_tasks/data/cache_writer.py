@@ -4,7 +4,7 @@
 registered task whose name matches ``pattern`` (a mixture's match brings its
 member tasks) in the layout of ``cache.py``, one shard per job, in ``N`` spawned
 worker processes (``0``: in this process). Each worker registers the sources
-again from ``register_kwargs`` (``register.register_all``'s arguments), renders
+again (``register_fn(**register_kwargs)``, by default ``register_all``), renders
 its shard with the task's own source and preprocessors (unshuffled, untrimmed:
 the examples ``task_datasets.task_dataset(shuffle=False)`` gives) and writes it
 under a temporary name, renamed when whole; its offsets and its completion
@@ -27,7 +27,7 @@ import os
 import queue
 import re
 import traceback
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
@@ -82,11 +82,16 @@ def shard_dataset(task: seqio.Task, split: str,
                   sequence_lengths: Mapping[str, int], index: int = 0,
                   num_shards: int = 1) -> tf.data.Dataset:
   """The records of shard ``index`` of ``num_shards``: source examples ``index,
-  index + num_shards, ...``, preprocessed (with ``<feature>_pretokenized`` copies
+  index + num_shards, ...`` (one-to-one tasks: the source's examples, then
+  sharded; others: sharded at the source), preprocessed (with ``<feature>_pretokenized`` copies
   of a text-level task's strings), untrimmed."""
   source = task.source
   if num_shards == 1:
     ds = source.get_dataset(split=split, shuffle=False)
+  elif cache.is_one_to_one(task):
+    # Sharded after the source (which may drop rows it cannot render), so
+    # record r of shard k is example r * n + k of the task's order.
+    ds = source.get_dataset(split=split, shuffle=False).shard(num_shards, index)
   elif source.supports_arbitrary_sharding:
     ds = source.get_dataset(split=split, shuffle=False,
                             shard_info=seqio.ShardInfo(index, num_shards))
@@ -200,10 +205,11 @@ def _run_job(job: Job, sequence_lengths: Mapping[str, int]) -> dict[str, Any]:
                      job.num_shards, job.directory)
 
 
-def _worker(register_kwargs, sequence_lengths, jobs, results) -> None:
+def _worker(register_fn, register_kwargs, sequence_lengths, jobs,
+            results) -> None:
   """A worker process: registers the sources, then writes the shards it gets."""
   logging.basicConfig(level=logging.WARNING)
-  register.register_all(**register_kwargs)
+  register_fn(**register_kwargs)
   while True:
     item = jobs.get()
     if item is None:
@@ -221,7 +227,7 @@ def _describe_job(job: Job) -> str:
           f"{job.num_shards} ({cache.shard_path(job.directory, job.split, job.index, job.num_shards)})")
 
 
-def _run_in_processes(jobs: Sequence[Job], workers: int,
+def _run_in_processes(jobs: Sequence[Job], workers: int, register_fn,
                       register_kwargs: Mapping[str, Any],
                       sequence_lengths: Mapping[str, int]) -> None:
   context = multiprocessing.get_context("spawn")
@@ -229,7 +235,8 @@ def _run_in_processes(jobs: Sequence[Job], workers: int,
   for item in enumerate(jobs):
     job_queue.put(item)
   processes = [context.Process(
-      target=_worker, args=(dict(register_kwargs), dict(sequence_lengths),
+      target=_worker, args=(register_fn, dict(register_kwargs),
+                            dict(sequence_lengths),
                             job_queue, results), daemon=True)
                for _ in range(min(workers, len(jobs)))]
   for _ in processes:
@@ -328,6 +335,7 @@ def _finish_split(directory: str, split: str, settings: Mapping[str, Any]) -> in
 def build_cache(pattern: str, output_dir: str,
                 sequence_lengths: Mapping[str, int], *, workers: int = 1,
                 register_kwargs: Optional[Mapping[str, Any]] = None,
+                register_fn: Callable[..., Any] = register.register_all,
                 splits: Optional[Sequence[str]] = None,
                 num_shards: Optional[int] = None) -> dict[str, dict[str, int]]:
   """Caches every task matching ``pattern``; see the module docstring.
@@ -338,31 +346,37 @@ def build_cache(pattern: str, output_dir: str,
     sequence_lengths: the lengths training and evaluation will use (recorded;
       a reader with other lengths is refused).
     workers: worker processes (0: write in this process).
-    register_kwargs: ``register.register_all`` arguments each worker registers
-      with (the caller has registered the same).
+    register_kwargs: the arguments each worker calls ``register_fn`` with (the
+      caller has registered the same tasks).
+    register_fn: a module-level function registering the tasks in a worker
+      (default ``register.register_all``).
     splits: splits to cache (default: every split of each task).
-    num_shards: shards per task split (default ``max(1, workers)``; rank-
-      classification tasks get one, so rows of an example stay in order).
+    num_shards: shards per task split (default: one when at least ``workers``
+      task splits are cached, else ``workers``; rank-classification tasks get
+      one, so the rows of an example stay together, in order). Fixed by the
+      first run: a resumed build keeps it.
 
   Returns:
     ``{task: {split: examples}}`` of the splits now complete.
   """
   lengths = {k: int(sequence_lengths[k]) for k in F.TOKEN_FEATURES}
+  pairs = [(task, split) for task in tasks_matching(pattern)
+           for split in task.splits if not splits or split in splits]
+  if num_shards is None:  # Parallel over task splits when there are enough.
+    num_shards = 1 if len(pairs) >= workers else max(1, workers)
   plans, jobs = [], []
-  for task in tasks_matching(pattern):
-    for split in task.splits:
-      if splits and split not in splits:
-        continue
-      directory, settings, todo = _plan(task, split, lengths, output_dir,
-                                        num_shards or max(1, workers))
-      plans.append((task.name, split, directory, settings, bool(todo)))
-      jobs += todo
-      if todo and os.path.exists(os.path.join(directory, cache.COMPLETED)):
-        os.remove(os.path.join(directory, cache.COMPLETED))
+  for task, split in pairs:
+    directory, settings, todo = _plan(task, split, lengths, output_dir,
+                                      num_shards)
+    plans.append((task.name, split, directory, settings, bool(todo)))
+    jobs += todo
+    if todo and os.path.exists(os.path.join(directory, cache.COMPLETED)):
+      os.remove(os.path.join(directory, cache.COMPLETED))
   logging.info("cache: %d task splits under %s, %d shards to write.", len(plans),
                output_dir, len(jobs))
   if jobs and workers > 0:
-    _run_in_processes(jobs, workers, register_kwargs or {}, lengths)
+    _run_in_processes(jobs, workers, register_fn, register_kwargs or {},
+                      lengths)
   else:
     for job in jobs:
       _run_job(job, lengths)
@@ -375,6 +389,7 @@ def build_cache(pattern: str, output_dir: str,
       total = sum(cache.read_json(info)["hyper_tasks"]["shard_records"])
     out.setdefault(name, {})[split] = total
   for directory in {p[2] for p in plans}:
-    with open(os.path.join(directory, cache.COMPLETED), "w") as f:
-      f.write("")
+    if not os.path.exists(os.path.join(directory, cache.COMPLETED)):
+      with open(os.path.join(directory, cache.COMPLETED), "w") as f:
+        f.write("")
   return out
