@@ -35,7 +35,18 @@ Registered names (``<format>`` is empty, ``concat_`` or ``noinstr_``):
 Formats: HINT (instruction in ``hyper_inputs``, instance in ``inputs``); ``concat``
 (baseline: ``"<instruction> Input: <instance>"`` in ``inputs``, ``hyper_inputs``
 empty); ``noinstr`` (control: instance only, ``hyper_inputs`` empty). All three use
-the same instances. Each task has ``train``, ``validation`` and ``test`` splits,
+the same instances.
+
+Few-shot (``shots``, Tk-Instruct's format names of ``sni_formats.py``): ``def_pos_K``
+makes the instruction ``"Definition: <phrasing>.\n\n"`` followed by K positive
+examples (`` Positive Example 1 -\nInput: ...\n Output: ...\n``, built by
+``sni_formats``), ``pos_K`` the examples alone; registered as
+``toy_[concat_]<shots>_<subset>`` (no ``noinstr``: it has no instruction). An
+operation has ``MAX_SHOTS`` positive examples per phrasing: inputs drawn from the
+operation's own input distribution, deterministic per (operation, phrasing,
+seed), and never the evaluated instance's input (the next one of the pool takes
+its place). So every instruction is still shared by many instances (one
+hypernetwork run per instruction), and the examples differ across phrasings. Each task has ``train``, ``validation`` and ``test`` splits,
 independent samples of the same distribution. ``task_names`` is the operation,
 ``category`` its input kind, ``template`` ``"<operation>/<phrasing index>"`` (an
 index into ``Operation.phrasings``).
@@ -50,6 +61,8 @@ from typing import Callable, Optional
 
 from hyper_tasks.data import features as F
 from hyper_tasks.data import registry
+from hyper_tasks.data import sni
+from hyper_tasks.data import sni_formats
 from hyper_tasks.data import sources
 from hyper_tasks.data import vocab as vocab_lib
 
@@ -59,6 +72,9 @@ FORMATS = ("", "concat", "noinstr")
 SUBSETS = ("train", "test_seen", "test_heldout_phrasing", "test_heldout_op")
 SPLITS = ("train", "validation", "test")
 TEST_PHRASINGS_PER_OP = 10
+# Few-shot formats registered by default, and positive examples per instruction.
+SHOT_FORMATS = ("def_pos_2", "pos_2")
+MAX_SHOTS = 4
 
 # "{c}" is the core as written, "{C}" the core with a capital first letter.
 SEEN_FRAMES = ("{C}.", "Please {c}.", "Task: {c}.", "{C}, please.",
@@ -255,17 +271,77 @@ def instances(subset: str, split: str, *, num_per_op: int = 500,
   return out
 
 
-def format_instance(instance: dict, fmt: str, example_id: str) -> dict:
-  """One record in format ``""`` (HINT), ``"concat"`` or ``"noinstr"``."""
+def parse_shots(shots: str) -> sni_formats.SniFormat:
+  """``""`` (zero-shot), ``"def_pos_K"`` or ``"pos_K"`` -> its SniFormat.
+
+  Raises:
+    ValueError: another SNI format name (negatives, explanations, ``concat_``:
+      the toy format carries where the instruction goes).
+  """
+  fmt = sni_formats.parse_format(shots or "def")
+  if fmt.num_neg or fmt.explanation or fmt.concat:
+    raise ValueError(f"Unknown toy few-shot format {shots!r}: use def_pos_K or "
+                     "pos_K (positive examples only).")
+  return fmt
+
+
+def demonstrations(op: Operation, k: int, phrasing_index: int, *,
+                   exclude: str = "", seed: int = 0,
+                   task: str = "") -> list[sni.Demonstration]:
+  """``k`` positive examples of ``op`` for one phrasing, none with input ``exclude``.
+
+  The pool holds ``MAX_SHOTS + 1`` distinct inputs of ``op``'s kind drawn from a
+  stream seeded by (operation, phrasing, seed); the first ``k`` that differ from
+  ``exclude`` are taken, so the same instruction serves every other instance.
+
+  Raises:
+    ValueError: ``k`` above ``MAX_SHOTS`` (or negative), naming the task and k.
+  """
+  if not 0 <= k <= MAX_SHOTS:
+    raise ValueError(
+        f"Toy task {task or op.name!r}: k={k} positive examples asked, but "
+        f"operation {op.name!r} has {MAX_SHOTS} per instruction (toy.MAX_SHOTS).")
+  rng = random.Random(_seed("toy-demos", op.name, phrasing_index, seed))
+  pool: list[str] = []
+  while len(pool) < MAX_SHOTS + 1:
+    x = random_input(op.kind, rng)
+    if x not in pool:
+      pool.append(x)
+  return [sni.Demonstration(x, op.fn(x)) for x in pool if x != exclude][:k]
+
+
+def instruction_text(phrasing: str, demos, definition: bool = True) -> str:
+  """The instruction: the phrasing alone without examples (zero-shot), else
+  Tk-Instruct's definition and example parts (``sni_formats``)."""
+  if not demos:
+    return phrasing
+  text = sni_formats.definition_part(phrasing) if definition else ""
+  return text + "".join(sni_formats.demonstration_part(d, i + 1, "Positive", False)
+                        for i, d in enumerate(demos))
+
+
+def format_instance(instance: dict, fmt: str, example_id: str, shots: str = "",
+                    seed: int = 0, task: str = "") -> dict:
+  """One record in format ``""`` (HINT), ``"concat"`` or ``"noinstr"``, with the
+  few-shot format ``shots`` (``""``: zero-shot; see the module docstring)."""
   op, phrasing, x = instance["op"], instance["phrasing"], instance["input"]
+  if fmt not in FORMATS:
+    raise ValueError(f"Unknown toy format {fmt!r}; choose from {FORMATS}.")
+  if shots:
+    few = parse_shots(shots)
+    if fmt == "noinstr":
+      raise ValueError(
+          f"Toy task {task or 'toy_noinstr'!r} has no instruction: k="
+          f"{few.num_pos} positive examples ({shots!r}) cannot be added to it.")
+    demos = demonstrations(op, few.num_pos, instance["phrasing_index"], exclude=x,
+                           seed=seed, task=task)
+    phrasing = instruction_text(phrasing, demos, few.definition)
   if fmt == "":
     hyper, inputs = phrasing, x
   elif fmt == "concat":
     hyper, inputs = "", f"{phrasing} Input: {x}"
-  elif fmt == "noinstr":
-    hyper, inputs = "", x
   else:
-    raise ValueError(f"Unknown toy format {fmt!r}; choose from {FORMATS}.")
+    hyper, inputs = "", x
   return F.make_example(
       hyper, inputs, instance["target"], op.name, category=op.kind,
       template=f"{op.name}/{instance['phrasing_index']}",
@@ -274,43 +350,54 @@ def format_instance(instance: dict, fmt: str, example_id: str) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def records(fmt: str, subset: str, split: str, num_per_op: int = 500,
-            num_test_per_op: int = 40, seed: int = 0) -> tuple[dict, ...]:
+            num_test_per_op: int = 40, seed: int = 0,
+            shots: str = "") -> tuple[dict, ...]:
   """All records of one toy task and split (cached; a few thousand)."""
+  task = task_name(fmt, subset, shots)
   return tuple(
-      format_instance(inst, fmt, f"toy-{subset}-{split}-{i}")
+      format_instance(inst, fmt, f"toy-{subset}-{split}-{i}", shots, seed, task)
       for i, inst in enumerate(instances(
           subset, split, num_per_op=num_per_op,
           num_test_per_op=num_test_per_op, seed=seed)))
 
 
-def task_name(fmt: str, subset: str) -> str:
-  return f"toy_{fmt + '_' if fmt else ''}{subset}"
+def task_name(fmt: str, subset: str, shots: str = "") -> str:
+  return f"toy_{fmt + '_' if fmt else ''}{shots + '_' if shots else ''}{subset}"
 
 
 def register_toy(vocabulary: vocab_lib.VocabularyLike = vocab_lib.BYTE,
                  num_per_op: int = 500, num_test_per_op: int = 40,
-                 seed: int = 0) -> list[str]:
-  """Registers every toy task (see the module docstring); returns the names."""
+                 seed: int = 0,
+                 shot_formats: tuple[str, ...] = SHOT_FORMATS) -> list[str]:
+  """Registers every toy task (see the module docstring); returns the names.
+
+  ``shot_formats``: the few-shot formats registered besides zero-shot (HINT and
+  ``concat`` formats only).
+  """
   vocabulary = vocab_lib.get_vocabulary(vocabulary)
+  for shots in shot_formats:
+    parse_shots(shots)  # Fail now on a bad name.
   names = []
   for fmt in FORMATS:
-    for subset in SUBSETS:
-      name = task_name(fmt, subset)
-      key = ("toy", fmt, subset, num_per_op, num_test_per_op, seed,
-             vocab_lib.vocabulary_key(vocabulary))
-      fn = sources.records_fn(functools.partial(
-          _split_records, fmt, subset, num_per_op=num_per_op,
-          num_test_per_op=num_test_per_op, seed=seed))
-      registry.add_task(name, key, functools.partial(
-          sources.text_task_kwargs, sources.RecordsSource(fn, SPLITS),
-          vocabulary), evaluation_mode=registry.GENERATION)
-      names.append(name)
+    for shots in ("",) + (tuple(shot_formats) if fmt != "noinstr" else ()):
+      for subset in SUBSETS:
+        name = task_name(fmt, subset, shots)
+        key = ("toy", fmt, subset, num_per_op, num_test_per_op, seed, shots,
+               vocab_lib.vocabulary_key(vocabulary))
+        fn = sources.records_fn(functools.partial(
+            _split_records, fmt, subset, num_per_op=num_per_op,
+            num_test_per_op=num_test_per_op, seed=seed, shots=shots))
+        registry.add_task(name, key, functools.partial(
+            sources.text_task_kwargs, sources.RecordsSource(fn, SPLITS),
+            vocabulary), evaluation_mode=registry.GENERATION)
+        names.append(name)
   return names
 
 
 def _split_records(fmt: str, subset: str, split: str, *, num_per_op: int,
-                   num_test_per_op: int, seed: int) -> tuple[dict, ...]:
-  return records(fmt, subset, split, num_per_op, num_test_per_op, seed)
+                   num_test_per_op: int, seed: int,
+                   shots: str = "") -> tuple[dict, ...]:
+  return records(fmt, subset, split, num_per_op, num_test_per_op, seed, shots)
 
 
 def describe(op_name: Optional[str] = None) -> str:
