@@ -6,6 +6,15 @@ HF / t5x / other checkpoint at ``checkpoint_path``), runs
 ``hyper_tasks.evaluation.evaluator.evaluate_many`` and writes
 ``MODEL_DIR/eval_results/step_<N>.json`` plus TensorBoard scalars in
 ``MODEL_DIR/eval``. Importable: ``evaluate(model=..., model_dir=..., ...)``.
+
+Placement is training's: ``train.Parallelism`` (the same gin bindings as the
+run's training) gives the mesh and the logical-axis rules (data parallel, FSDP,
+model parallel); ``jax.distributed`` is initialised as for training
+(``partitioning.maybe_initialize_distributed``). Our own checkpoints are read
+straight onto the parameters' shards (``Checkpointer.restore_params``: no
+optimizer state, no unsharded copy); other formats are read on the host and
+placed. Every batch is split over the data axis, across hosts; every host gets
+the same report and process 0 writes it.
 """
 from __future__ import annotations
 
@@ -21,9 +30,12 @@ from hyper_tasks import entry
 from hyper_tasks.data import pipeline
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.evaluation import report as report_lib
+from hyper_tasks.train import checkpoint_formats
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import initial_restore
+from hyper_tasks.train import partitioning
 from hyper_tasks.train import preflight
+from hyper_tasks.train import train_config
 from hyper_tasks.train import train_state
 from hyper_tasks.train import trainer
 
@@ -63,12 +75,46 @@ def checkpoint_steps_to_load(model_dir: str, checkpoint_path: Optional[str],
   return [(model_dir, int(checkpoint_step))]
 
 
+def param_placement(model, sequence_lengths: Mapping[str, int],
+                    parallelism: Optional[train_config.Parallelism] = None):
+  """``(mesh, parameter shardings)`` as training places them (``parallelism``;
+  default: the gin-configured ``train.Parallelism()``)."""
+  parallelism = train_config.Parallelism() if parallelism is None else parallelism
+  mesh, rules = partitioning.mesh_and_rules(parallelism)
+  shapes = train_state.init_input_shapes(sequence_lengths)
+  boxed = jax.eval_shape(lambda k: model.get_initial_variables(k, shapes)["params"],
+                         jax.random.PRNGKey(0))
+  return mesh, partitioning.params_shardings(boxed, mesh, rules)
+
+
 def load_model_params(model, path: str, step: Optional[int],
                       sequence_lengths: Mapping[str, int], fmt: str = "auto",
-                      assignment_map=()) -> tuple[Any, int]:
-  """``(params, step)`` of ``model`` from any checkpoint format."""
-  params, ckpt_step = initial_restore.load_params(
-      path, abstract_params(model, sequence_lengths), fmt, step, assignment_map)
+                      assignment_map=(), shardings: Any = None
+                      ) -> tuple[Any, int]:
+  """``(params, step)`` of ``model`` from any checkpoint format.
+
+  With ``shardings`` (``param_placement``) the parameters come back placed:
+  our checkpoints (no ``assignment_map``) are read straight onto the shards;
+  other formats are read on the host, then placed.
+  """
+  abstract = abstract_params(model, sequence_lengths)
+  if (shardings is not None and not assignment_map
+      and checkpoint_formats.resolve_format(path, fmt) == "ours"):
+    ckpt, ckpt_step = checkpoint_formats.our_checkpointer(path, step)
+    with ckpt:
+      if ckpt_step is not None:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract, shardings)
+        try:
+          return ckpt.restore_params(ckpt_step, target), int(ckpt_step)
+        except checkpoints.CheckpointMismatchError as e:
+          logging.info("Not restoring %s straight onto the mesh (%s); reading it "
+                       "on the host.", path, e)
+  params, ckpt_step = initial_restore.load_params(path, abstract, fmt, step,
+                                                  assignment_map)
+  if shardings is not None:
+    params = jax.device_put(params, shardings)
   return params, int(step if step is not None else (ckpt_step or 0))
 
 
@@ -81,7 +127,9 @@ def evaluate(*, model, model_dir: str,
              checkpoint_format: str = "auto", assignment_map=(),
              max_examples: Optional[int] = None,
              evaluate_kwargs: Optional[Mapping[str, Any]] = None,
-             progress: bool = True, check: Any = None) -> list[dict]:
+             progress: bool = True, check: Any = None,
+             parallelism: Optional[train_config.Parallelism] = None
+             ) -> list[dict]:
   """Evaluates checkpoint(s) and writes their reports; returns the reports.
 
   Args:
@@ -99,6 +147,9 @@ def evaluate(*, model, model_dir: str,
     progress: progress bars.
     check: a ``preflight.CheckOptions`` (``--check``): check the data, lengths
       and checkpoint trees without evaluating; returns ``[CheckReport]``.
+    parallelism: mesh and parameter placement; default the gin-configured
+      ``train.Parallelism()`` (as the run trained). ``batch_size`` must divide
+      by its data-parallel size.
   """
   names = ([mixture_or_task_names] if isinstance(mixture_or_task_names, str)
            else list(mixture_or_task_names))
@@ -112,23 +163,26 @@ def evaluate(*, model, model_dir: str,
         abstract_params=abstract_params(model, sequence_lengths),
         checkpoint_format=checkpoint_format, assignment_map=assignment_map)]
   model_dir = trainer.check_model_dir(model_dir)
+  partitioning.maybe_initialize_distributed()
+  mesh, shardings = param_placement(model, sequence_lengths, parallelism)
   options = evaluator.EvalOptions(
       split=split, sequence_lengths=dict(sequence_lengths),
       batch_size=batch_size, max_examples=max_examples,
-      config_str=gin.config_str(), progress=progress,
-      **dict(evaluate_kwargs or {}))
+      config_str=gin.config_str(), progress=progress and jax.process_index() == 0,
+      mesh=mesh, **dict(evaluate_kwargs or {}))
   reports = []
   for path, step in checkpoint_steps_to_load(model_dir, checkpoint_path,
                                              checkpoint_step):
     params, step = load_model_params(model, path, step, sequence_lengths,
-                                     checkpoint_format, assignment_map)
+                                     checkpoint_format, assignment_map, shardings)
     rep = evaluator.evaluate_many(model, params, names, options, step=step,
                                   checkpoint=f"{path}@{step}")
-    out = report_lib.write_report(model_dir, rep)
-    report_lib.write_scalars(os.path.join(model_dir, "eval"), step,
-                             report_lib.flatten_metrics(rep))
-    logging.info("Evaluated step %d: %s", step, out)
-    print(f"eval report: {out}", flush=True)
+    if jax.process_index() == 0:
+      out = report_lib.write_report(model_dir, rep)
+      report_lib.write_scalars(os.path.join(model_dir, "eval"), step,
+                               report_lib.flatten_metrics(rep))
+      logging.info("Evaluated step %d: %s", step, out)
+      print(f"eval report: {out}", flush=True)
     reports.append(rep)
   return reports
 

@@ -65,6 +65,8 @@ import os
 import time
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
+import jax
+
 from hyper_tasks.data import features as F
 from hyper_tasks.data import pipeline
 from hyper_tasks.evaluation import batching
@@ -384,7 +386,8 @@ def infer(model, params, name: str, options: Optional[EvalOptions] = None, *,
   result = run_records(model, params, records, options,
                        rank_classification_tasks=rank_tasks,
                        desc=f"infer {name}")
-  write_jsonl(output_path, result.rank_outputs + result.generation_outputs)
+  if jax.process_index() == 0:  # Every process has the same rows.
+    write_jsonl(output_path, result.rank_outputs + result.generation_outputs)
   logging.info("infer: %d examples of %s/%s -> %s (hypernetwork ran %d times, "
                "%d cache hits).", result.num_examples, name, options.split,
                output_path, result.hypernet_calls, result.cache_hits)

@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
 import jax
@@ -266,6 +266,38 @@ class Checkpointer:
     if target is not None:
       state = _from_storable(state, target)
     return state, dict(out[_METADATA])
+
+  def restore_params(self, step: Optional[int] = None,
+                     target: PyTree = None) -> PyTree:
+    """Only the parameters of a checkpoint, read straight onto ``target``'s
+    shardings (each process reads the shards it holds; no optimizer state and no
+    unsharded host copy are read).
+
+    Args:
+      step: which checkpoint; None for the latest.
+      target: the parameter tree: ``jax.ShapeDtypeStruct`` leaves with
+        ``sharding=`` (or arrays, whose sharding is reused).
+
+    Raises:
+      FileNotFoundError: no such checkpoint. CheckpointMismatchError: the
+        parameters' keys or shapes differ (all differences named).
+    """
+    step = self._resolve_step(step)
+    saved = self.saved_tree(step)
+    if not isinstance(saved, Mapping) or "params" not in saved:
+      raise CheckpointMismatchError(
+          f"checkpoint {self.directory}/{step} holds no 'params'.")
+    check_matches(saved["params"], target)
+    abstract = jax.tree.map(_abstract, target)
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype,
+                                       global_shape=a.shape), abstract)
+    path = os.path.join(self.directory, str(step), _STATE)
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+      out = reader.restore(path, args=ocp.args.PyTreeRestore(
+          item={"params": abstract}, restore_args={"params": restore_args},
+          partial_restore=True))
+    return out["params"]
 
   # ---- lifecycle ----
   def wait_until_finished(self) -> None:

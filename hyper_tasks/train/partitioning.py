@@ -222,6 +222,18 @@ def make_mesh(mesh_shape: Optional[Sequence[int]] = None, num_partitions: int = 
   return Mesh(grid, MESH_AXES)
 
 
+def mesh_and_rules(parallelism) -> tuple[Mesh, Rules]:
+  """The mesh and rules table a ``train_config.Parallelism`` describes (training,
+  evaluation and inference place parameters the same way)."""
+  mesh = parallelism.mesh
+  if mesh is None:
+    mesh = make_mesh(parallelism.mesh_shape, parallelism.num_partitions)
+  rules = parallelism.rules
+  if rules is None:
+    rules = logical_axis_rules(fsdp=parallelism.fsdp)
+  return mesh, rules
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
   """Batches: the leading (batch) axis split over ``data``, the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(DATA))

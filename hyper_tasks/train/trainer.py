@@ -228,12 +228,7 @@ def train(*,
   elif not model_dir:
     raise ValueError("MODEL_DIR is not set.")
   optimizer = optimizers.adafactor_dual() if optimizer is None else optimizer
-  mesh = parallelism.mesh
-  if mesh is None:
-    mesh = partitioning.make_mesh(parallelism.mesh_shape, parallelism.num_partitions)
-  rules = parallelism.rules
-  if rules is None:
-    rules = partitioning.logical_axis_rules(fsdp=parallelism.fsdp)
+  mesh, rules = partitioning.mesh_and_rules(parallelism)
   _check_batch_split(batch_size, batching, mesh.shape[partitioning.DATA],
                      dataset_fn is not None)
   if eval_period and evaluation is not None:

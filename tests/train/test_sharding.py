@@ -101,6 +101,35 @@ def report(params, mesh):
   return rep
 out["eval_one"] = report(one_params, None)
 out["eval_sharded"] = report(placed, mesh42)
+
+# eval.py: our checkpoint read straight onto the FSDP x model shards.
+from hyper_tasks import eval as eval_lib
+from hyper_tasks.train import checkpoints as ckpt_lib
+ckpt_dir = tempfile.mkdtemp()
+with ckpt_lib.Checkpointer(ckpt_dir, async_save=False, config_str="") as c:
+  c.save(0, {"params": one_params}, {"batches": 0}, force=True)
+  c.wait_until_finished()
+fsdp = train_config.Parallelism(mesh=mesh42, fsdp=True)
+_, shardings = eval_lib.param_placement(hint, lib.TOY_LENGTHS, fsdp)
+restored, _ = eval_lib.load_model_params(hint, ckpt_dir, None, lib.TOY_LENGTHS,
+                                         shardings=shardings)
+out["restored_equal"] = all(
+    np.array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(one_params)))
+out["restored_specs_match"] = all(
+    a.sharding == b for a, b in zip(
+        jax.tree.leaves(restored), jax.tree.leaves(shardings)))
+out["restored_split"] = sum(len(x.sharding.device_set) == 8 and
+                            x.addressable_shards[0].data.size < x.size
+                            for x in jax.tree.leaves(restored))
+rep, = eval_lib.evaluate(
+    model=hint, model_dir=ckpt_dir,
+    mixture_or_task_names=["toy_test_heldout_op", "toy_test_seen"],
+    sequence_lengths=lib.TOY_LENGTHS, batch_size=8, max_examples=3,
+    progress=False, parallelism=fsdp)
+for key in ("seconds", "checkpoint", "config"):
+  rep.pop(key, None)
+out["eval_py"] = rep
 print("RESULT " + json.dumps(out))
 '''
 
@@ -144,3 +173,8 @@ def test_sharded_runs_match_one_device():
   one, sharded = out["eval_one"], out["eval_sharded"]
   assert one["num_examples"] > 0 and one["hypernet_calls"] > 0
   assert sharded == one
+  # eval.py restores our checkpoint straight onto the shards; same report.
+  assert out["restored_equal"] and out["restored_specs_match"]
+  assert out["restored_split"] > 0
+  one = {k: v for k, v in one.items() if k not in ("checkpoint", "config")}
+  assert out["eval_py"] == one
