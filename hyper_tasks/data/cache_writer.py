@@ -136,7 +136,8 @@ def serialize(example: Mapping[str, Any]) -> bytes:
       feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(
           value=[v if isinstance(v, bytes) else str(v).encode() for v in flat]))
   return tf.train.Example(
-      features=tf.train.Features(feature=feature)).SerializeToString()
+      features=tf.train.Features(feature=feature)).SerializeToString(
+          deterministic=True)  # Map keys sorted: the same bytes in any process.
 
 
 def feature_spec(example: Mapping[str, Any]) -> dict[str, dict]:
