@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -285,6 +287,27 @@ def host_shard_info(mesh: Optional[Mesh] = None,
   return start // per_host, batch_size // per_host
 
 
+def _wait_for_coordinator(address: str, process_id, num_processes,
+                          timeout: float) -> None:
+  """Returns once ``host:port`` accepts a TCP connection; raises
+  ``RuntimeError`` naming the address after ``timeout`` seconds."""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"coordinator_address={address!r} is not 'host:port'.")
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise RuntimeError(
+            f"jax.distributed: process {process_id} of {num_processes} could not "
+            f"reach the coordinator at {address} within {timeout} s ({e}); is "
+            "process 0 running, and is the address/port right?") from e
+      time.sleep(0.25)
+
+
 @gin.configurable(module=_GIN_MODULE)
 def maybe_initialize_distributed(coordinator_address: Optional[str] = None,
                                  num_processes: Optional[int] = None,
@@ -307,6 +330,11 @@ def maybe_initialize_distributed(coordinator_address: Optional[str] = None,
     return False
   if jax.config.jax_cpu_collectives_implementation in (None, "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator_address and process_id not in (None, 0):
+    # jax aborts the process (a fatal C++ check) when the coordinator does not
+    # answer; wait for it here, where the failure can be a clear error.
+    _wait_for_coordinator(coordinator_address, process_id, num_processes,
+                          initialization_timeout)
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,

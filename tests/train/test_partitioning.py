@@ -147,3 +147,27 @@ def test_mesh_shards_mlp_across_model_on_8_host_devices():
                         capture_output=True, text=True, timeout=180)
   assert proc.returncode == 0 and "OK" in proc.stdout, (
       proc.stdout[-2000:] + proc.stderr[-4000:])
+
+
+_UNREACHABLE_SCRIPT = textwrap.dedent("""
+    import socket
+    from hyper_tasks.train import partitioning as part
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      port = s.getsockname()[1]  # Nothing listens here once closed.
+    try:
+      part.maybe_initialize_distributed(f"localhost:{port}", num_processes=2,
+                                        process_id=1, initialization_timeout=3)
+    except RuntimeError as e:
+      print("ERROR", e)
+""")
+
+
+def test_unreachable_coordinator_is_a_clear_error():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  proc = subprocess.run([sys.executable, "-c", _UNREACHABLE_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=120)
+  line = [l for l in proc.stdout.splitlines() if l.startswith("ERROR")]
+  assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
+  assert "process 1 of 2" in line[0] and "within 3 s" in line[0], line[0]
+  assert "localhost:" in line[0]
