@@ -1,5 +1,5 @@
 """The hyper-tasks console script: train -> eval -> infer on a tiny experiment,
-checkpoint conversion round trips, and the data subcommands."""
+checkpoint conversion round trips, the data subcommands and the cache."""
 import json
 import os
 
@@ -11,6 +11,7 @@ import pytest
 from tests.train import train_testlib as lib
 from hyper_tasks import cli
 from hyper_tasks.convert import hf
+from hyper_tasks.data import registry
 from hyper_tasks.evaluation import report as report_lib
 from hyper_tasks.train import checkpoint_formats
 from hyper_tasks import tree_utils
@@ -35,6 +36,24 @@ def test_usage(capsys):
 def test_list_delegates_to_the_data_cli(capsys):
   assert cli.main(["list", "toy_*"]) == 0
   assert "toy_train" in capsys.readouterr().out
+
+
+def test_cache_builds_then_does_nothing_and_refuses_other_lengths(tmp_path,
+                                                                  capsys):
+  args = ["cache", "--tasks=esni_def_(train|test)", f"--output_dir={tmp_path}",
+          "--workers=0", "--lengths=48,24,8"]
+  try:
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "esni_def_train: train 160, validation 51" in out
+    assert f"cached 2 tasks -> {tmp_path}" in out
+    assert os.path.exists(tmp_path / "esni_def_test" / "COMPLETED")
+    assert cli.main(args) == 0  # Complete: nothing to do.
+    assert cli.main(args[:-1] + ["--lengths=48,24,16"]) == 1
+    err = capsys.readouterr().err
+    assert "'sequence_lengths'" in err and str(tmp_path) in err
+  finally:
+    registry.unregister_all()
 
 
 def test_train_eval_infer(tmp_path, capsys):
