@@ -3,8 +3,10 @@
 Rows are read from ``<data_dir>/<dataset>/<subset>/<split>.jsonl``
 (Hugging Face schema; ``<split>.hf_format.jsonl`` is preferred when both exist),
 or with the ``datasets`` package when it is installed and the caller allows it.
-``RowReader`` reads a dataset's rows in file order or by index (local jsonl is
-read by byte offset, ``_line_offsets``). ``T0_TRAIN_DATASETS`` and
+``RowReader`` reads a dataset's rows in file order or by index, never holding a
+split in memory: local jsonl is streamed line by line and read by byte offset
+(``_line_offsets``, 4-8 bytes per row); a ``datasets`` split stays the library's
+memory-mapped Arrow table, read row by row (``ds[i]``), never turned into a list. ``T0_TRAIN_DATASETS`` and
 ``T0_EVAL_DATASETS`` are T0's training and held-out datasets.
 """
 from __future__ import annotations
@@ -120,14 +122,15 @@ def count_rows(path: str) -> int:
     return sum(1 for line in f if line.strip())
 
 
-def hf_rows(dataset: P3Dataset, hf_split: str) -> Optional[list[dict]]:
-  """Rows from the ``datasets`` package, or None when it is not installed."""
+def hf_rows(dataset: P3Dataset, hf_split: str):
+  """The split from the ``datasets`` package (a memory-mapped Arrow
+  ``datasets.Dataset``: ``len``, ``ds[i]``; nothing is read into memory here),
+  or None when the package is not installed."""
   try:
     import datasets  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  ds = datasets.load_dataset(dataset.name, dataset.subset, split=hf_split)
-  return [dict(row) for row in ds]
+  return datasets.load_dataset(dataset.name, dataset.subset, split=hf_split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +157,11 @@ class RowReader:
     if path:
       yield from iter_jsonl(path, shard_index, num_shards)
       return
-    for index, row in enumerate(self._hf_rows(split)):
-      if index % num_shards == shard_index:
-        yield index, row
+    rows = self._hf_rows(split)
+    for index in range(shard_index, len(rows), num_shards):
+      yield index, dict(rows[index])  # One row at a time.
 
-  def _hf_rows(self, split: str) -> list[dict]:
+  def _hf_rows(self, split: str):
     rows = _hf_rows_cached(self.dataset, self.dataset.hf_split(split))
     if rows is None:
       raise FileNotFoundError(
@@ -180,7 +183,7 @@ class RowReader:
           out.append(json.loads(line.decode("utf-8")))
       return out
     rows = self._hf_rows(split)
-    return [rows[int(i)] for i in indices]
+    return [dict(rows[int(i)]) for i in indices]
 
   def num_rows(self, split: str, strict: bool = False) -> int:
     """Rows of ``split``; 0 without data unless ``strict`` (then it raises)."""

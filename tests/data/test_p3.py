@@ -615,3 +615,49 @@ def test_real_template_files_derive_instructions(shared_data):
         pass
   assert total == 2085
   assert ok == 2030  # 97.4%; the rest fall back to the per-example form.
+
+
+class _ArrowLikeSplit:
+  """A stand-in for a memory-mapped ``datasets.Dataset``: ``len`` and ``ds[i]``;
+  iterating or listing the whole split is an error (that would materialise it)."""
+
+  def __init__(self, n):
+    self.n, self.read = n, []
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    self.read.append(i)
+    return {"premise": f"p{i}", "label": i % 2}
+
+  def __iter__(self):
+    raise AssertionError("the whole split was iterated")
+
+
+def test_hf_datasets_split_is_read_row_by_row_never_materialised(monkeypatch):
+  import sys
+  import types
+  split = _ArrowLikeSplit(10)
+  calls = []
+  fake = types.ModuleType("datasets")
+  fake.load_dataset = lambda name, subset, split: calls.append(
+      (name, subset, split)) or splits_by_name[split]
+  splits_by_name = {"train": split}
+  monkeypatch.setitem(sys.modules, "datasets", fake)
+  p3_rows._hf_rows_cached.cache_clear()
+  try:
+    dataset = p3_rows.P3Dataset("fake_ds", "sub")
+    reader = p3_rows.RowReader(dataset, data_dir=None, use_hf_datasets=True)
+    assert reader.num_rows("train") == 10
+    shard = list(reader.rows("train", shard_index=1, num_shards=3))
+    assert [i for i, _ in shard] == [1, 4, 7]
+    assert shard[1][1] == {"premise": "p4", "label": 0}
+    assert split.read == [1, 4, 7]  # Only this shard's rows were read.
+    assert reader.rows_at("train", [9, 0]) == [{"premise": "p9", "label": 1},
+                                               {"premise": "p0", "label": 0}]
+    assert calls == [("fake_ds", "sub", "train")]  # Loaded once, kept mapped.
+  finally:
+    p3_rows._hf_rows_cached.cache_clear()
