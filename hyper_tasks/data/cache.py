@@ -34,6 +34,7 @@ the shards is a ``CacheError`` naming the file.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -116,9 +117,14 @@ def vocabulary_info(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
   info = {"kind": type(vocabulary).__name__, "size": int(vocabulary.vocab_size)}
   model = getattr(vocabulary, "sentencepiece_model_file", None)
   if model:
-    with open(model, "rb") as f:
-      info["sha256"] = hashlib.sha256(f.read()).hexdigest()
+    info["sha256"] = _file_sha256(model)
   return info
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
