@@ -8,4 +8,4 @@ ensure_venv test
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" TF_CPP_MIN_LOG_LEVEL=3
 # Dropout masks: rbg keys compile much faster than threefry on CPU.
 export JAX_DEFAULT_PRNG_IMPL="${JAX_DEFAULT_PRNG_IMPL:-rbg}"
-exec "$HYPER_TASKS_PY" -m pytest -q -p no:cacheprovider "${@:-tests}"
+exec "$HYPER_TASKS_PY" -m pytest -q -p no:cacheprovider --durations=25 "${@:-tests}"
