@@ -57,7 +57,7 @@ PRETOKENIZED = "_pretokenized"
 INTERLEAVED = "interleaved"
 CONCATENATED = "concatenated"
 # tf.train.Example records are framed as length (8 bytes) + CRC (4), data, CRC (4).
-_HEAD, _TAIL = 12, 4
+RECORD_HEAD, RECORD_TAIL = 12, 4
 
 
 class CacheError(ValueError):
@@ -298,8 +298,8 @@ class CachedSplit:
     out = []
     for k, r in zip(shards.tolist(), recs.tolist()):
       offsets = self._offsets[k]
-      out.append(self._file(k)[int(offsets[r]) + _HEAD:
-                               int(offsets[r + 1]) - _TAIL])
+      out.append(self._file(k)[int(offsets[r]) + RECORD_HEAD:
+                               int(offsets[r + 1]) - RECORD_TAIL])
     return out
 
 

@@ -165,7 +165,8 @@ def write_shard(task: seqio.Task, split: str, sequence_lengths: Mapping[str, int
                                  num_shards).as_numpy_iterator():
       data = serialize(example)
       writer.write(data)
-      offsets.append(offsets[-1] + cache._HEAD + len(data) + cache._TAIL)  # pylint: disable=protected-access
+      offsets.append(offsets[-1] + cache.RECORD_HEAD + len(data)
+                     + cache.RECORD_TAIL)
       spec = spec or feature_spec(example)
       for key in tokens:
         if key in example:

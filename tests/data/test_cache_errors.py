@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import seqio
 
 from hyper_tasks.data import cache
 from hyper_tasks.data import cache_writer
@@ -47,8 +48,7 @@ def _files(directory):
 def test_another_vocabulary_is_refused(tmp_path):
   _build(tmp_path)
   # The same task registered with a byte vocabulary of other extra ids.
-  sni_tasks.register_embedded_sni(vocabulary=cache_writer.seqio.ByteVocabulary(
-      extra_ids=10))
+  sni_tasks.register_embedded_sni(vocabulary=seqio.ByteVocabulary(extra_ids=10))
   for call in (lambda: _first_batch(tmp_path), lambda: _build(tmp_path)):
     with pytest.raises(cache.CacheMismatchError) as e:
       call()
