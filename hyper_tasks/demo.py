@@ -8,7 +8,10 @@ package ships (byte vocabulary, no download):
    ``targets``, the C4 recipe of the HINT paper).
 2. **Stage 2, multi-task finetuning** from the stage-1 checkpoint on the toy
    instruction tasks (list and word operations, several phrasings each) plus the
-   shipped SNI-format tasks. Three models train on the *same instances* (HINT and
+   shipped SNI-format tasks, each instance with its instruction alone (k=0), with
+   ``shots`` positive examples after it (Tk-Instruct's ``def_pos_K``), or with the
+   examples alone (``pos_K``: the operation must be read off the examples). Three
+   models train on the *same instances* (HINT and
    the control in batches of ``GROUP_SIZE`` examples per instruction, so their
    hypernetwork runs once per group):
      * ``hint``: instruction -> hypernetwork -> adapters + prefixes (+ fusion);
@@ -16,11 +19,15 @@ package ships (byte vocabulary, no download):
        (Tk-Instruct; restores the stage-1 backbone, its hypernetwork is dropped);
      * ``no-instr``: HINT whose hypernetwork always sees a fixed instruction (the
        control: what the generated parameters are worth without the instruction).
-3. **Zero-shot evaluation** on instructions never seen in training: held-out
-   phrasings of seen operations, held-out operations, and held-out SNI-format tasks;
-   exact match (and ROUGE-L), with the hypernetwork run once per distinct
-   instruction. Inference FLOPs per instance come from XLA's cost analysis of the
-   compiled scoring function (HINT: with the cached adaptation; its once-per-task
+3. **Evaluation** on seen instructions and on instructions never seen in training
+   (held-out phrasings of seen operations, held-out operations), exact match, with
+   the hypernetwork run once per distinct instruction. HINT and the baseline are
+   evaluated zero-shot (k=0) and with ``shots`` examples (k=2: in the
+   hypernetwork's input for HINT, in every instance's input for the baseline); a
+   held-out operation is what examples can teach (the definition names an
+   operation never trained, the examples show it). Inference FLOPs per instance
+   come from XLA's cost analysis of the compiled scoring function at each row's
+   sequence lengths (HINT: with the cached adaptation; its once-per-task
    hypernetwork cost is shown separately).
 
 It prints the comparison table and where the TensorBoard logs and JSON reports are.
@@ -41,6 +48,8 @@ import numpy as np
 
 from hyper_tasks.data import register
 from hyper_tasks.data import registry
+from hyper_tasks.data import sni_tasks
+from hyper_tasks.data import toy
 from hyper_tasks.evaluation import evaluator
 from hyper_tasks.evaluation import report as report_lib
 from hyper_tasks.models import builders
@@ -52,28 +61,29 @@ from hyper_tasks.train import optimizers
 from hyper_tasks.train import train_config
 from hyper_tasks.train import trainer
 
-# Byte-level lengths: toy instructions are one sentence, SNI-format definitions up to
-# ~90 bytes; the concatenated baseline carries the instruction inside ``inputs``.
+# Byte-level lengths (EOS included): toy instructions are one sentence (<= 70
+# bytes; with the instance, <= 90), with 2 examples in Tk-Instruct's format <= 215
+# (<= 238); SNI-format definitions up to ~90 bytes (longer few-shot ones are cut).
+# The concatenated baseline carries the instruction inside ``inputs``. Training
+# uses the few-shot lengths (its mixture holds both); each evaluation row runs at
+# its own k's lengths.
 HINT_LENGTHS = {"hyper_inputs": 96, "inputs": 24, "targets": 16}
 CONCAT_LENGTHS = {"hyper_inputs": 4, "inputs": 96, "targets": 16}
+HINT_FEW_LENGTHS = {"hyper_inputs": 216, "inputs": 24, "targets": 16}
+CONCAT_FEW_LENGTHS = {"hyper_inputs": 4, "inputs": 240, "targets": 16}
 PRETRAIN_LENGTHS = {"hyper_inputs": 96, "inputs": 32, "targets": 16}
-
-TRAIN_MIXTURES = {
-    "hint": ("demo_hint_train", ("toy_train", "esni_def_train")),
-    "concat": ("demo_concat_train", ("toy_concat_train", "esni_concat_def_train")),
-}
-# (column, task per format, metric)
-EVAL_SETS = (
-    ("seen instr. EM", {"hint": "toy_test_seen", "concat": "toy_concat_test_seen"},
-     "exact_match"),
-    ("held-out phrasing EM", {"hint": "toy_test_heldout_phrasing",
-                              "concat": "toy_concat_test_heldout_phrasing"},
-     "exact_match"),
-    ("held-out op EM", {"hint": "toy_test_heldout_op",
-                        "concat": "toy_concat_test_heldout_op"}, "exact_match"),
-    ("held-out SNI RougeL", {"hint": "esni_def_test", "concat": "esni_concat_def_test"},
-     "rougeL"),
-)
+# Positive examples per instruction in the few-shot rows (toy.MAX_SHOTS at most).
+SHOTS = 2
+# Stage-2 mixture: (task pattern, rate); "{f}" is "" (HINT) or "concat_", "{k}" SHOTS.
+# Zero-shot and few-shot instructions share the instances; the examples-only share
+# is what makes reading the examples pay off in training.
+TRAIN_PARTS = (("toy_{f}train", 0.3), ("toy_{f}def_pos_{k}_train", 0.3),
+               ("toy_{f}pos_{k}_train", 0.2), ("esni_{f}def_train", 0.1),
+               ("esni_{f}def_pos_{k}_train", 0.1))
+# (column, toy subset)
+EVAL_SETS = (("seen instr. EM", "test_seen"),
+             ("held-out phrasing EM", "test_heldout_phrasing"),
+             ("held-out op EM", "test_heldout_op"))
 MODELS = ("hint", "concat", "no-instr")
 # Stage-2 examples per instruction in a batch
 # (``train_config.Batching.instruction_group_size``).
@@ -100,31 +110,61 @@ def build_model(kind: str, cfg, adapter_size: int = 16,
                                          no_instruction=kind == "no-instr"))
 
 
-def register_data() -> None:
-  """The embedded tasks plus the demo's two training mixtures (same instances)."""
+def mixture_name(kind: str, shots: int = SHOTS) -> str:
+  return f"demo_{_fmt(kind)}_train_k{shots}"
+
+
+def register_data(shots: int = SHOTS) -> None:
+  """The embedded tasks plus the demo's two training mixtures (same instances).
+
+  Raises:
+    ValueError: ``shots`` above the toy tasks' examples (``toy.MAX_SHOTS``), or
+      with no SNI-format task of that many examples registered.
+  """
+  if not 1 <= shots <= toy.MAX_SHOTS:
+    raise ValueError(f"demo: shots={shots} positive examples asked; the toy tasks "
+                     f"have 1 to {toy.MAX_SHOTS} per instruction (toy.MAX_SHOTS).")
   register.register_embedded()
-  for name, tasks in TRAIN_MIXTURES.values():
+  few = (f"def_pos_{shots}", f"pos_{shots}")
+  toy.register_toy(shot_formats=few)
+  sni_tasks.register_embedded_sni(formats=("def", f"def_pos_{shots}",
+                                           "concat_def", f"concat_def_pos_{shots}"))
+  for kind in ("hint", "concat"):
+    f = "concat_" if kind == "concat" else ""
     # Toy tasks hold 4500 instances, the SNI-format ones 160: mix 80/20 so the
     # small set is seen a few times, not hundreds.
-    registry.add_mixture(name, ("demo", tasks), [(tasks[0], 0.8), (tasks[1], 0.2)])
+    parts = [(p.format(f=f, k=shots), rate) for p, rate in TRAIN_PARTS]
+    registry.add_mixture(mixture_name(kind, shots), ("demo", tuple(parts)), parts)
 
 
 def _fmt(kind: str) -> str:
   return "concat" if kind == "concat" else "hint"
 
 
-def _lengths(kind: str) -> dict[str, int]:
-  return CONCAT_LENGTHS if kind == "concat" else HINT_LENGTHS
+def _lengths(kind: str, shots: int = 0) -> dict[str, int]:
+  if kind == "concat":
+    return CONCAT_FEW_LENGTHS if shots else CONCAT_LENGTHS
+  return HINT_FEW_LENGTHS if shots else HINT_LENGTHS
+
+
+def eval_task(kind: str, subset: str, shots: int) -> str:
+  """The toy task a row evaluates: the control reads HINT's format (and ignores
+  its instruction)."""
+  return toy.task_name("concat" if kind == "concat" else "", subset,
+                       f"def_pos_{shots}" if shots else "")
 
 
 def instance_flops(model: EncoderDecoderModel, params, kind: str,
-                   batch_size: int = 8) -> dict[str, float]:
-  """XLA-counted inference FLOPs per instance (teacher-forced scoring pass).
+                   batch_size: int = 8, shots: int = 0) -> dict[str, float]:
+  """XLA-counted inference FLOPs per instance (teacher-forced scoring pass), at the
+  sequence lengths of the ``shots``-example row.
 
   HINT: ``per_instance`` runs the backbone with a cached adaptation (no
-  hypernetwork); ``per_task`` is one ``encode_instruction`` call.
+  hypernetwork; with instruction fusion its cross-attention has one key per
+  instruction token, so longer instructions cost every instance a little);
+  ``per_task`` is one ``encode_instruction`` call.
   """
-  lengths = _lengths(kind)
+  lengths = _lengths(kind, shots)
   batch = {
       "encoder_input_tokens": jnp.ones((batch_size, lengths["inputs"]), jnp.int32),
       "decoder_input_tokens": jnp.ones((batch_size, lengths["targets"]), jnp.int32),
@@ -172,16 +212,18 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
         batch_size: int = 24, lr: float = 1e-2, log_every: int = 100,
         models: Sequence[str] = MODELS, size_overrides: Optional[dict] = None,
         progress: bool = False, max_eval_examples: Optional[int] = None,
-        compiler_options: Optional[dict] = None, seed: int = 0) -> dict[str, Any]:
+        compiler_options: Optional[dict] = None, seed: int = 0,
+        shots: int = SHOTS) -> dict[str, Any]:
   """Runs the whole demo; returns ``{"rows": [...], "report_path": ...}``.
 
   ``seed`` sets parameter initialisation and the training data order of every stage
-  (the three stage-2 models share it, so they see the same batches).
+  (the three stage-2 models share it, so they see the same batches). ``shots``: the
+  positive examples per instruction of the few-shot rows (and of training).
   """
   start = time.time()
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  register_data()
+  register_data(shots)
   cfg = backbone_config(**(size_overrides or {}))
 
   # Stage 1: hypernetwork pretraining (HINT architecture, from scratch here; with a
@@ -201,41 +243,47 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
         assignment_map=((r"^hypernet/.*", None),) if kind == "concat" else (),
         optimizer_state="full_restore" if kind != "concat" else "fresh")
     model_dir = os.path.join(out_dir, f"stage2_{kind}")
-    mixture = TRAIN_MIXTURES[_fmt(kind)][0]
     # HINT and the control read instructions: batches of GROUP_SIZE examples per
     # instruction, so the hypernetwork runs batch_size / GROUP_SIZE times a step.
     group = GROUP_SIZE if kind != "concat" and batch_size % GROUP_SIZE == 0 else 1
-    params, losses = _train(kind, model, model_dir, mixture, finetune_steps,
-                            batch_size, _lengths(kind), restore, lr, log_every,
-                            compiler_options, group, seed=seed)
-    # One report per evaluation set: records carry their operation as task name,
-    # so a merged report would mix seen and held-out phrasings of one operation.
-    row = {"model": kind, "train loss": (losses[0], losses[-1]) if losses else None}
+    params, losses = _train(kind, model, model_dir, mixture_name(kind, shots),
+                            finetune_steps, batch_size, _lengths(kind, shots),
+                            restore, lr, log_every, compiler_options, group,
+                            seed=seed)
     reports[kind] = {}
-    for column, names, metric in EVAL_SETS:
-      report = evaluator.evaluate(
-          model, params, names[_fmt(kind)], split="test",
-          sequence_lengths=_lengths(kind), batch_size=64, step=finetune_steps,
-          progress=progress, max_examples=max_eval_examples)
-      task = names[_fmt(kind)]
-      reports[kind][task] = report
-      _write_json(os.path.join(model_dir, "demo_eval", f"{task}.json"), report)
-      report_lib.write_scalars(os.path.join(model_dir, "eval", task), finetune_steps,
-                               report_lib.flatten_metrics(report))
-      row[column] = report["generation"]["overall"][metric]
-      row["hypernet runs"] = row.get("hypernet runs", 0) + report["hypernet_calls"]
-      row["instances"] = row.get("instances", 0) + report["num_examples"]
-    flops = instance_flops(model, params, kind)
-    row["FLOPs/instance"] = flops["per_instance"]
-    row["hypernet FLOPs/task"] = flops["per_task"]
-    rows.append(row)
+    # The control ignores its instruction: one row. HINT and the baseline: zero-shot
+    # and with ``shots`` examples, the same trained model.
+    for k in ((0,) if kind == "no-instr" else (0, shots)):
+      row = {"model": kind if kind == "no-instr" else f"{kind} k={k}", "k": k,
+             "train loss": (losses[0], losses[-1]) if losses else None}
+      # One report per evaluation set: records carry their operation as task name,
+      # so a merged report would mix seen and held-out phrasings of one operation.
+      for column, subset in EVAL_SETS:
+        task = eval_task(kind, subset, k)
+        report = evaluator.evaluate(
+            model, params, task, split="test", sequence_lengths=_lengths(kind, k),
+            batch_size=64, step=finetune_steps, progress=progress,
+            max_examples=max_eval_examples)
+        reports[kind][task] = report
+        _write_json(os.path.join(model_dir, "demo_eval", f"{task}.json"), report)
+        report_lib.write_scalars(os.path.join(model_dir, "eval", task),
+                                 finetune_steps, report_lib.flatten_metrics(report))
+        row[column] = report["generation"]["overall"]["exact_match"]
+        row["hypernet runs"] = row.get("hypernet runs", 0) + report["hypernet_calls"]
+        row["instances"] = row.get("instances", 0) + report["num_examples"]
+      flops = instance_flops(model, params, kind, shots=k)
+      row["FLOPs/instance"] = flops["per_instance"]
+      row["hypernet FLOPs/task"] = flops["per_task"]
+      rows.append(row)
 
   summary = {"rows": rows, "stage1_losses": pre_losses,
              "seconds": time.time() - start, "out_dir": out_dir,
              "config": {"pretrain_steps": pretrain_steps,
                         "finetune_steps": finetune_steps, "batch_size": batch_size,
-                        "lr": lr, "seed": seed, "backbone": {k: str(v) for k, v in
-                                               vars(cfg).items()}}}
+                        "lr": lr, "seed": seed, "shots": shots,
+                        "train_mixture": [(p.format(f="", k=shots), r)
+                                          for p, r in TRAIN_PARTS],
+                        "backbone": {k: str(v) for k, v in vars(cfg).items()}}}
   path = os.path.join(out_dir, "demo_report.json")
   _write_json(path, {**summary, "reports": reports})
   summary["report_path"] = path
@@ -255,10 +303,11 @@ def _json(value):
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """The comparison table; FLOPs relative to the zero-shot baseline's."""
   cols = ["model", "seen instr. EM", "held-out phrasing EM", "held-out op EM",
-          "held-out SNI RougeL", "FLOPs/instance", "hypernet FLOPs/task",
-          "hypernet runs", "instances"]
-  base = next((r["FLOPs/instance"] for r in rows if r["model"] == "concat"), None)
+          "FLOPs/instance", "hypernet FLOPs/task", "hypernet runs", "instances"]
+  base = next((r["FLOPs/instance"] for r in rows
+               if r["model"].startswith("concat") and not r.get("k")), None)
 
   def cell(row, col):
     v = row.get(col)
@@ -279,19 +328,35 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def verdict(rows: Sequence[dict[str, Any]]) -> str:
+  """Plain-words summary: zero-shot HINT vs the control, then few-shot gains."""
   by = {r["model"]: r for r in rows}
-  if "hint" not in by or "no-instr" not in by:
-    return ""
-  h, n = by["hint"], by["no-instr"]
+  few = sorted({r["k"] for r in rows if r.get("k")})
+  lines = []
+  h0, n = by.get("hint k=0"), by.get("no-instr")
   key = "held-out phrasing EM"
-  gain = (h[key] or 0.0) - (n[key] or 0.0)
-  text = (f"HINT vs no-instruction control on held-out phrasings: {h[key]:.1f} vs "
-          f"{n[key]:.1f} exact match ({gain:+.1f}).")
-  if "concat" in by and by["concat"]["FLOPs/instance"]:
-    ratio = h["FLOPs/instance"] / by["concat"]["FLOPs/instance"]
-    text += (f" Per-instance inference FLOPs: {ratio:.2f}x the concatenated-"
-             f"instruction baseline's.")
-  return text
+  if h0 and n:
+    text = (f"HINT (k=0) vs no-instruction control on held-out phrasings: "
+            f"{h0[key]:.1f} vs {n[key]:.1f} exact match "
+            f"({h0[key] - n[key]:+.1f}).")
+    c0 = by.get("concat k=0")
+    if c0 and c0["FLOPs/instance"]:
+      text += (f" Per-instance inference FLOPs: "
+               f"{h0['FLOPs/instance'] / c0['FLOPs/instance']:.2f}x the "
+               "concatenated-instruction baseline's.")
+    lines.append(text)
+  key = "held-out op EM"
+  for kind, name in (("hint", "HINT"), ("concat", "Concatenated baseline")):
+    zero = by.get(f"{kind} k=0")
+    for k in few:
+      shot = by.get(f"{kind} k={k}")
+      if not (zero and shot):
+        continue
+      growth = shot["FLOPs/instance"] / zero["FLOPs/instance"] - 1
+      lines.append(
+          f"{name} with {k} examples vs zero-shot on held-out operations: "
+          f"{shot[key]:.1f} vs {zero[key]:.1f} exact match "
+          f"({shot[key] - zero[key]:+.1f}); per-instance FLOPs {growth:+.1%}.")
+  return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -307,6 +372,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="initialisation and data-order seed (all stages)")
   parser.add_argument("--models", default=",".join(MODELS),
                       help="comma-separated subset of " + ",".join(MODELS))
+  parser.add_argument("--shots", type=int, default=SHOTS,
+                      help="positive examples per instruction in the few-shot "
+                      f"rows and in training (1 to {toy.MAX_SHOTS})")
   parser.add_argument("--quick", action="store_true",
                       help="a few steps only: checks the pipeline, not learning")
   args = parser.parse_args(argv)
@@ -324,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   summary = run(args.out_dir, args.pretrain_steps, args.finetune_steps,
                 args.batch_size, args.lr, args.log_every, models,
                 max_eval_examples=max_eval, compiler_options=options,
-                seed=args.seed)
+                seed=args.seed, shots=args.shots)
   print("\n" + format_table(summary["rows"]))
   text = verdict(summary["rows"])
   if text:

@@ -1,30 +1,54 @@
 """The embedded demo's pipeline end to end (a few steps: plumbing, not learning)."""
 import json
 
+import pytest
+
 from hyper_tasks import demo
 
 
 # HINT and the concatenated baseline; the no-instruction control is HINT with one
 # flag (tests/models cover it), so the suite skips its third training here.
 MODELS = ("hint", "concat")
+ROWS = ("hint k=0", "hint k=2", "concat k=0", "concat k=2")
 
 
-def test_quick_demo_produces_the_comparison_table(tmp_path, capsys):
+def test_quick_demo_produces_the_few_shot_comparison_table(tmp_path, capsys):
   code = demo.main(["--quick", f"--out_dir={tmp_path}", "--models=" + ",".join(MODELS),
                     "--seed=3"])
   assert code == 0
   out = capsys.readouterr().out
   table = [l for l in out.splitlines() if l.startswith("| ")]
-  assert table[0].startswith("| model | seen instr. EM | held-out phrasing EM")
-  assert [l.split("|")[1].strip() for l in table[1:]] == list(MODELS)
+  assert table[0].startswith("| model | seen instr. EM | held-out phrasing EM | "
+                             "held-out op EM | FLOPs/instance | hypernet FLOPs/task")
+  assert [l.split("|")[1].strip() for l in table[1:]] == list(ROWS)
   assert "JSON report:" in out and (tmp_path / "demo_report.json").is_file()
   report = json.loads((tmp_path / "demo_report.json").read_text())
-  assert report["config"]["seed"] == 3
+  assert report["config"]["seed"] == 3 and report["config"]["shots"] == 2
+  assert ("toy_pos_2_train", 0.2) in [tuple(p) for p in
+                                      report["config"]["train_mixture"]]
   for kind in MODELS:
-    assert len(list((tmp_path / f"stage2_{kind}" / "demo_eval").glob("*.json"))) == 4
+    # Three toy test sets, zero-shot and with 2 examples.
+    evals = sorted(p.name for p in (tmp_path / f"stage2_{kind}" / "demo_eval").glob(
+        "*.json"))
+    assert len(evals) == 6, evals
+    assert f"toy_{'concat_' if kind == 'concat' else ''}def_pos_2_test_heldout_op.json" \
+        in evals
     assert list((tmp_path / f"stage2_{kind}" / "train").iterdir())
-  # HINT's per-instance inference is cheaper than the concatenated baseline's.
-  rows = {l.split("|")[1].strip(): l for l in table[1:]}
-  hint_flops = float(rows["hint"].split("|")[6].split("M")[0])
-  concat_flops = float(rows["concat"].split("|")[6].split("M")[0])
-  assert hint_flops < concat_flops
+  rows = {r["model"]: r for r in report["rows"]}
+  # Per-instance inference: HINT's is cheaper than the baseline's; the examples
+  # cost HINT little per instance (they go to the once-per-task hypernetwork and
+  # fused cross-attention keys) and the baseline their whole length.
+  flops = {m: rows[m]["FLOPs/instance"] for m in ROWS}
+  assert flops["hint k=0"] < flops["concat k=0"]
+  assert flops["hint k=2"] < 1.15 * flops["hint k=0"]
+  assert flops["concat k=2"] > 2 * flops["concat k=0"]
+  assert rows["hint k=2"]["hypernet FLOPs/task"] > rows["hint k=0"][
+      "hypernet FLOPs/task"]
+  assert "HINT with 2 examples vs zero-shot on held-out operations" in out
+  assert "Concatenated baseline with 2 examples" in out
+
+
+def test_demo_rejects_more_examples_than_the_toy_tasks_have(tmp_path):
+  with pytest.raises(ValueError, match=r"shots=5 positive examples asked; the toy "
+                                       r"tasks have 1 to 4"):
+    demo.run(str(tmp_path), shots=5)
