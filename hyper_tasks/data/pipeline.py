@@ -183,10 +183,13 @@ def get_tf_dataset(
       seekable_order=seekable_order, shuffle=shuffle, seed=seed,
       num_epochs=num_epochs) if (dirs or seekable_order) else None
   if planned is not None and not pack and group == 1:
+    # Sought, and only this host's rows of each global batch are read.
     ds = seekable.model_batches(*planned, start_batch, global_batch_size,
-                                lengths, converter, drop_remainder)
-    start_batch = 0  # Sought.
+                                lengths, converter, drop_remainder, shard_id,
+                                num_shards)
+    start_batch, sliced = 0, True
   else:
+    sliced = False
     if planned is not None:
       ds = seekable.examples_dataset(*planned)
     else:
@@ -209,7 +212,7 @@ def get_tf_dataset(
                   num_parallel_calls=tf.data.AUTOTUNE)
   if start_batch:
     ds = ds.skip(start_batch)
-  if num_shards > 1:
+  if num_shards > 1 and not sliced:
     ds = ds.map(functools.partial(_host_rows, shard_id=shard_id,
                                   num_shards=num_shards),
                 num_parallel_calls=tf.data.AUTOTUNE)

@@ -178,10 +178,11 @@ class Order:
 
 
 def serialized_batches(stores: Sequence[Store], order: Order, start: int,
-                       batch_size: int, drop_remainder: bool
-                       ) -> Iterator[np.ndarray]:
+                       batch_size: int, drop_remainder: bool,
+                       rows: slice = slice(None)) -> Iterator[np.ndarray]:
   """Serialized records in ``order`` from example ``start``, ``batch_size`` at a
-  time (a final partial batch unless ``drop_remainder``)."""
+  time (a final partial batch unless ``drop_remainder``); of each batch only
+  ``rows`` are read (a host's slice of the global batch)."""
   pending_t, pending_e = [], []
   have = 0
   for tasks, examples in order.chunks(start):
@@ -193,11 +194,13 @@ def serialized_batches(stores: Sequence[Store], order: Order, start: int,
     tasks, examples = np.concatenate(pending_t), np.concatenate(pending_e)
     whole = len(tasks) // batch_size * batch_size
     for i in range(0, whole, batch_size):
-      yield _gather(stores, tasks[i:i + batch_size], examples[i:i + batch_size])
+      yield _gather(stores, tasks[i:i + batch_size][rows],
+                    examples[i:i + batch_size][rows])
     pending_t, pending_e = [tasks[whole:]], [examples[whole:]]
     have = len(tasks) - whole
   if have and not drop_remainder:
-    yield _gather(stores, np.concatenate(pending_t), np.concatenate(pending_e))
+    yield _gather(stores, np.concatenate(pending_t)[rows],
+                  np.concatenate(pending_e)[rows])
 
 
 def _gather(stores: Sequence[Store], tasks: np.ndarray,
@@ -222,11 +225,12 @@ def parse_tokens(serialized: tf.Tensor) -> dict[str, tf.RaggedTensor]:
 
 
 def record_batches(stores: Sequence[Store], order: Order, start: int,
-                   batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+                   batch_size: int, drop_remainder: bool,
+                   rows: slice = slice(None)) -> tf.data.Dataset:
   """``serialized_batches`` as a ``tf.data.Dataset`` of string vectors."""
   return tf.data.Dataset.from_generator(
       lambda: serialized_batches(stores, order, start, batch_size,
-                                 drop_remainder),
+                                 drop_remainder, rows),
       output_signature=tf.TensorSpec([None], tf.string))
 
 
@@ -240,12 +244,17 @@ def examples_dataset(stores: Sequence[Store], order: Order,
 def model_batches(stores: Sequence[Store], order: Order, start_batch: int,
                   batch_size: int, lengths: Mapping[str, int],
                   converter: converters.HyperEncDecFeatureConverter,
-                  drop_remainder: bool) -> tf.data.Dataset:
+                  drop_remainder: bool, shard_id: int = 0,
+                  num_shards: int = 1) -> tf.data.Dataset:
   """Unpacked model-feature batches from batch ``start_batch`` on (a seek):
   ``converter.convert_batched``'s arrays, parsed and converted a batch at a
-  time."""
+  time. ``batch_size`` is the global batch; with ``num_shards > 1`` this host
+  reads and converts only its contiguous slice ``shard_id`` of each (its
+  truncation counts are then its own examples')."""
+  per_host = batch_size // num_shards
+  rows = slice(shard_id * per_host, (shard_id + 1) * per_host)
   ds = record_batches(stores, order, start_batch * batch_size, batch_size,
-                      drop_remainder)
+                      drop_remainder, rows if num_shards > 1 else slice(None))
 
   def convert(serialized):
     out, truncated = converters.model_features(

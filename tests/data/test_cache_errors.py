@@ -132,6 +132,45 @@ def test_an_interrupted_build_writes_only_the_missing_shards(tmp_path):
   _first_batch(tmp_path)
 
 
+@pytest.mark.parametrize("options", [
+    dict(instruction_group_size=2), dict(pack=True), dict(num_shards=2)])
+def test_groups_packing_and_host_slices_from_the_cache(tmp_path, options):
+  """The same batches as uncached in the seekable order, from any start_batch
+  (groups and packing skip batches; unpacked host slices seek)."""
+  _build(tmp_path)
+
+  def batches(n, start_batch=0, **kwargs):
+    it = pipeline.get_dataset(TASK, "train", LENGTHS, 4, seed=2,
+                              start_batch=start_batch, **kwargs)
+    out = [next(it) for _ in range(n)]
+    it.close()
+    return out
+
+  shards = options.pop("num_shards", 1)
+  cached = [batches(6, shard_id=i, num_shards=shards, cache_dirs=[str(tmp_path)],
+                    **options) for i in range(shards)]
+  uncached = [batches(6, shard_id=i, num_shards=shards, cache_dirs=[],
+                      seekable_order=True, **options) for i in range(shards)]
+  resumed = [batches(3, 3, shard_id=i, num_shards=shards,
+                     cache_dirs=[str(tmp_path)], **options)
+             for i in range(shards)]
+  for i in range(shards):
+    for x, y, z in zip(cached[i], uncached[i], [None] * 3 + resumed[i]):
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key])
+        if z is not None:
+          np.testing.assert_array_equal(x[key], z[key])
+  if shards > 1:  # The hosts' slices make the one-host global batches.
+    it = pipeline.get_dataset(TASK, "train", LENGTHS, 4 * shards, seed=2,
+                              cache_dirs=[str(tmp_path)])
+    whole = next(it)
+    it.close()
+    for key in whole:
+      np.testing.assert_array_equal(
+          np.concatenate([cached[i][0][key] for i in range(shards)]),
+          whole[key])
+
+
 def test_uncached_tasks_are_logged_and_read_uncached(tmp_path, caplog):
   with caplog.at_level("INFO"):
     batch = _first_batch(tmp_path)
