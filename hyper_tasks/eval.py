@@ -95,7 +95,8 @@ def load_model_params(model, path: str, step: Optional[int],
 
   With ``shardings`` (``param_placement``) the parameters come back placed:
   our checkpoints (no ``assignment_map``) are read straight onto the shards;
-  other formats are read on the host, then placed.
+  HF tensors are read one at a time and placed as read; t5x ones are read on
+  the host, then placed.
   """
   abstract = abstract_params(model, sequence_lengths)
   if (shardings is not None and not assignment_map
@@ -112,9 +113,7 @@ def load_model_params(model, path: str, step: Optional[int],
           logging.info("Not restoring %s straight onto the mesh (%s); reading it "
                        "on the host.", path, e)
   params, ckpt_step = initial_restore.load_params(path, abstract, fmt, step,
-                                                  assignment_map)
-  if shardings is not None:
-    params = jax.device_put(params, shardings)
+                                                  assignment_map, shardings)
   return params, int(step if step is not None else (ckpt_step or 0))
 
 

@@ -4,12 +4,16 @@
 ``model.safetensors``, a sharded ``model.safetensors.index.json``, or
 ``pytorch_model.bin`` when torch is installed) and returns ``(Transformer, params)``.
 ``save_t5(params, config, path)`` writes the reverse, which ``transformers`` loads.
+``lazy_params(path)`` checks a directory from its headers and returns each tensor
+as a ``convert.lazy.LazyArray``, read when a restore places it (no full host copy).
+The name table and its readers and writers form one cohesive module.
 
 Every HF key must match exactly one rule of ``_RULES`` and every one of our parameters
 must be filled, or loading fails naming the file and keys: nothing is half-loaded.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hyper_tasks.convert import lazy
 from hyper_tasks.models.config import T5Config
 from hyper_tasks.models.transformer import Transformer
 
@@ -332,7 +337,10 @@ def _tensor_shapes(path: str) -> tuple[dict[str, tuple[tuple[int, ...], str]], A
         raise ConversionError(f"{file}: cannot read safetensors header: {e}") from e
 
     def rows(key, n):
+      """The first ``n`` rows of tensor ``key`` (all of it when ``n`` is None)."""
       with safe_open(where[key], framework="numpy") as f:
+        if n is None:
+          return np.asarray(f.get_tensor(key), np.float32)
         return np.asarray(f.get_slice(key)[:n], np.float32)
     return shapes, rows, source
   if os.path.exists(binf):
@@ -342,9 +350,37 @@ def _tensor_shapes(path: str) -> tuple[dict[str, tuple[tuple[int, ...], str]], A
     except Exception as e:  # ImportError, pickle/zip errors
       raise ConversionError(f"{binf}: cannot read PyTorch state dict: {e}") from e
     return ({k: (tuple(v.shape), str(v.dtype)) for k, v in sd.items()},
-            lambda key, n: sd[key][:n].float().numpy(), binf)
+            lambda key, n: (sd[key] if n is None else sd[key][:n]).float().numpy(),
+            binf)
   raise ConversionError(f"{path}: no model.safetensors, model.safetensors.index.json "
                         "or pytorch_model.bin found.")
+
+
+def _translated_headers(path: str):
+  """``(config, {our path: shape}, {our path: (HF key, transform)}, read(HF key,
+  rows or None))`` of an HF directory, from the headers only (see
+  :func:`read_param_shapes`)."""
+  hf_cfg, cfg_path = _read_json_config(path)
+  config_from_hf(hf_cfg, cfg_path)
+  shapes, rows, source = _tensor_shapes(path)
+  tied = "lm_head.weight" not in shapes or ("shared.weight" in shapes and np.array_equal(
+      rows("lm_head.weight", 4), rows("shared.weight", 4)))
+  cfg = config_from_hf(hf_cfg, cfg_path, tie_word_embeddings=tied)
+  table = _untranslate_table(cfg)
+  wanted = {hf_key: (ours, tr) for ours, (hf_key, tr) in table.items()}
+  out, where, unmapped = {}, {}, []
+  for key, (shape, _) in shapes.items():
+    if any(re.fullmatch(p, key) for p in _TIED_COPIES) or (
+        key == "lm_head.weight" and tied):
+      continue
+    if key not in wanted:
+      unmapped.append(key)
+      continue
+    ours, transform = wanted[key]
+    out[ours] = tuple(reversed(shape)) if transform == "T" else tuple(shape)
+    where[ours] = (key, transform)
+  _check_translated(table, out, unmapped, cfg, source)
+  return cfg, out, where, rows
 
 
 def read_param_shapes(path: str) -> tuple[T5Config, dict[str, tuple[int, ...]]]:
@@ -355,26 +391,19 @@ def read_param_shapes(path: str) -> tuple[T5Config, dict[str, tuple[int, ...]]]:
   Raises:
     ConversionError: as :func:`load_t5` would, naming the file and keys.
   """
-  hf_cfg, cfg_path = _read_json_config(path)
-  config_from_hf(hf_cfg, cfg_path)
-  shapes, rows, source = _tensor_shapes(path)
-  tied = "lm_head.weight" not in shapes or ("shared.weight" in shapes and np.array_equal(
-      rows("lm_head.weight", 4), rows("shared.weight", 4)))
-  cfg = config_from_hf(hf_cfg, cfg_path, tie_word_embeddings=tied)
-  table = _untranslate_table(cfg)
-  wanted = {hf_key: (ours, tr) for ours, (hf_key, tr) in table.items()}
-  out, unmapped = {}, []
-  for key, (shape, _) in shapes.items():
-    if any(re.fullmatch(p, key) for p in _TIED_COPIES) or (
-        key == "lm_head.weight" and tied):
-      continue
-    if key not in wanted:
-      unmapped.append(key)
-      continue
-    ours, transform = wanted[key]
-    out[ours] = tuple(reversed(shape)) if transform == "T" else tuple(shape)
-  _check_translated(table, out, unmapped, cfg, source)
-  return cfg, out
+  cfg, shapes, _, _ = _translated_headers(path)
+  return cfg, shapes
+
+
+def lazy_params(path: str) -> tuple[T5Config, dict[str, lazy.LazyArray]]:
+  """``(config, {our flat parameter path: LazyArray})`` of an HF T5 directory:
+  checked from the headers (as :func:`read_param_shapes`), each tensor read
+  (float32, transposed to our layout) only when it is used, so a restore can
+  place it on its devices and drop it before reading the next."""
+  cfg, shapes, where, rows = _translated_headers(path)
+  return cfg, {ours: lazy.LazyArray(
+      shapes[ours], np.float32, functools.partial(rows, key, None),
+      transpose=transform == "T") for ours, (key, transform) in where.items()}
 
 
 def save_t5(params: dict, cfg: T5Config, path: str) -> None:

@@ -112,8 +112,9 @@ def our_checkpointer(path: str, step: Optional[int]
 
 def _read_hf(path: str, step: Optional[int]) -> CheckpointContents:
   del step  # HF directories hold one set of weights.
-  _, params = hf.load_t5(path)
-  return CheckpointContents("hf", tree_utils.flatten(params), None, None)
+  # Checked from the headers; each tensor is read when the restore places it.
+  _, params = hf.lazy_params(path)
+  return CheckpointContents("hf", params, None, None)
 
 
 def _shapes_hf(path: str, step: Optional[int]) -> CheckpointShapes:

@@ -40,13 +40,14 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import gin
 import jax
 import numpy as np
 
 from hyper_tasks import tree_utils
+from hyper_tasks.convert import lazy
 from hyper_tasks.train import checkpoint_formats
 from hyper_tasks.train import checkpoints
 from hyper_tasks.train import opt_state_restore
@@ -111,24 +112,29 @@ class InitialRestore:
 
 
 def load_params(path: str, abstract_params: Any, fmt: str = "auto",
-                step: Optional[int] = None, assignment_map=()
-                ) -> tuple[Any, Optional[int]]:
+                step: Optional[int] = None, assignment_map=(),
+                shardings: Any = None) -> tuple[Any, Optional[int]]:
   """Parameters for evaluation/inference: every key must be in the checkpoint.
 
   Args:
     path: checkpoint (any format, see :class:`InitialRestore`).
     abstract_params: the model's parameter tree of shapes (decides keys/dtypes).
     fmt, step, assignment_map: as for :class:`InitialRestore`.
+    shardings: optional tree of shardings (like ``abstract_params``): each
+      parameter is placed as it is read (HF tensors are read one at a time).
 
   Returns:
-    ``(params tree of numpy arrays, checkpoint step or None)``.
+    ``(params tree of numpy arrays, or placed arrays with shardings; checkpoint
+    step or None)``.
   """
   ckpt = checkpoint_formats.read_checkpoint(path, fmt, step)
-  return params_from_checkpoint(ckpt, abstract_params, assignment_map), ckpt.step
+  return (params_from_checkpoint(ckpt, abstract_params, assignment_map, shardings),
+          ckpt.step)
 
 
 def params_from_checkpoint(ckpt: checkpoint_formats.CheckpointContents,
-                           abstract_params: Any, assignment_map=()) -> Any:
+                           abstract_params: Any, assignment_map=(),
+                           shardings: Any = None) -> Any:
   """:func:`load_params` on a checkpoint already read: every key of
   ``abstract_params`` from ``ckpt`` (renamed by ``assignment_map``)."""
   flat, report = param_restore.restore_params(
@@ -136,7 +142,61 @@ def params_from_checkpoint(ckpt: checkpoint_formats.CheckpointContents,
   if report.unused:
     logging.info("load_params: %d unused checkpoint keys (e.g. %s).",
                  len(report.unused), report.unused[:3])
-  return tree_utils.unflatten_like(abstract_params, flat)
+  params = tree_utils.unflatten_like(abstract_params, flat)
+  if shardings is None:
+    return jax.tree.map(lazy.materialize, params)
+  return place_as_read(params, shardings)
+
+
+def place_as_read(params: Any, shardings: Any) -> Any:
+  """``device_put`` each leaf with its sharding, reading lazy checkpoint tensors
+  one at a time (each host copy is dropped once placed)."""
+  return jax.tree.map(lambda x, s: jax.device_put(lazy.materialize(x), s),
+                      params, shardings)
+
+
+@dataclasses.dataclass
+class FreshInit:
+  """A new run's fresh state, made only where a restore needs it.
+
+  Instead of a full random initialisation that the checkpoint then overwrites:
+  ``params(keys)`` initialises just the re-initialised parameters (the run's
+  jitted init with only those outputs kept; the same values the full
+  initialisation gives them), and ``state(params)`` builds the rest around the
+  restored parameters (optimizer state from the optimizer's ``init``, step 0,
+  the dropout key), placed by ``layout``.
+
+  Attributes:
+    init: the run's jitted ``init(key) -> TrainState``.
+    key: its key (``PRNGKey(seed)``).
+    optimizer: the run's grouped optimizer.
+    layout: the run's state layout.
+  """
+  init: Any
+  key: Any
+  optimizer: optimizers.GroupedOptimizer
+  layout: StateLayout
+
+  def params(self, keys: Sequence[str]) -> dict[str, Any]:
+    """``{path: placed array}`` of freshly initialised parameters."""
+    keys = sorted(keys)
+    if not keys:
+      return {}
+    shardings = tree_utils.leaves_by_path(self.layout.shardings.params)
+
+    def some(key):
+      flat = tree_utils.leaves_by_path(self.init(key).params)
+      return {k: flat[k] for k in keys}
+    return jax.jit(some, out_shardings={k: shardings[k] for k in keys})(self.key)
+
+  def state(self, params: Any) -> TrainState:
+    """The fresh state around ``params`` (placed)."""
+    sh = self.layout.shardings
+    opt_state = jax.jit(self.optimizer.init, out_shardings=sh.opt_state)(params)
+    _, dropout_key = jax.random.split(self.key)
+    return TrainState(step=jax.device_put(np.zeros((), np.int32), sh.step),
+                      params=params, opt_state=opt_state,
+                      rng=jax.device_put(dropout_key, sh.rng))
 
 
 def _trainable_groups(optimizer: optimizers.GroupedOptimizer) -> list[str]:
@@ -197,7 +257,7 @@ def restore_direct(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
 
 
 def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
-                    layout: StateLayout, fresh: TrainState
+                    layout: StateLayout, fresh: Union[TrainState, FreshInit]
                     ) -> tuple[TrainState, param_restore.RestoreReport, list[str]]:
   """The state a new run starts from.
 
@@ -205,23 +265,32 @@ def restore_initial(cfg: InitialRestore, optimizer: optimizers.GroupedOptimizer,
     cfg: what to restore.
     optimizer: the run's grouped optimizer.
     layout: the run's state layout (shapes and shardings).
-    fresh: a freshly initialised state (source of re-initialised parameters and
-      of fresh optimizer groups).
+    fresh: the source of re-initialised parameters and of fresh optimizer
+      groups: a :class:`FreshInit` (the trainer's: no full initialisation, only
+      the re-initialised parameters are made) or a freshly initialised state.
 
   Returns:
     ``(state, report, notes)``; notes say what happened to each optimizer group.
   """
   ckpt = checkpoint_formats.read_checkpoint(cfg.path, cfg.format, cfg.step)
   notes = [f"initial restore: {ckpt.format} checkpoint {cfg.path}"]
+  targets = tree_utils.leaves_by_path(layout.abstract.params)
+  lazy_fresh = isinstance(fresh, FreshInit)
+  # With FreshInit, re-initialised keys first get their abstract shapes as
+  # placeholders; then only those are initialised.
   flat_params, report = cfg.restore_params(
-      tree_utils.leaves_by_path(layout.abstract.params), ckpt.params,
-      tree_utils.leaves_by_path(fresh.params))
+      targets, ckpt.params,
+      targets if lazy_fresh else tree_utils.leaves_by_path(fresh.params))
+  if lazy_fresh:
+    flat_params.update(fresh.params(report.reinitialised))
   if report.copied:
     notes.append(f"hypernet/encoder: {len(report.copied)} parameters from the "
                  "checkpoint's encoder/ (hypernet_encoder_from_backbone)")
-  params = tree_utils.unflatten_like(layout.abstract.params, flat_params)
-  params = jax.tree.map(lambda x, s: jax.device_put(x, s), params,
-                        layout.shardings.params)
+  params = place_as_read(tree_utils.unflatten_like(layout.abstract.params,
+                                                   flat_params),
+                         layout.shardings.params)
+  if lazy_fresh:
+    fresh = fresh.state(params)
 
   groups = groups_to_restore(cfg, optimizer)
   opt_state = fresh.opt_state

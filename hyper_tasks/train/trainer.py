@@ -417,7 +417,9 @@ def _starting_state(fns: _Compiled, seed, ckpt, initial, model_dir, dataset_name
   if direct is not None:
     state, report, notes = direct
   else:
-    fresh = fns.init(jax.random.PRNGKey(seed))
+    # No full random initialisation: only re-initialised parameters are made.
+    fresh = init_restore_lib.FreshInit(fns.init, jax.random.PRNGKey(seed),
+                                       fns.optimizer, fns.layout)
     state, report, notes = init_restore_lib.restore_initial(
         initial, fns.optimizer, fns.layout, fresh)
   text = init_restore_lib.format_report(report, notes)

@@ -10,10 +10,12 @@ from jax.sharding import Mesh
 
 from tests.train import train_testlib as lib
 from hyper_tasks.convert import hf
+from hyper_tasks.convert import lazy
 from hyper_tasks.models.hypernets import make_hypernet
 from hyper_tasks.models.model_api import EncoderDecoderModel
 from hyper_tasks.models.peft_spec import AdapterSpec, PeftSpec
 from hyper_tasks.models.transformer import Transformer
+from hyper_tasks.train import checkpoint_formats
 from hyper_tasks.train import initial_restore
 from hyper_tasks.train import optimizers
 from hyper_tasks.train import param_restore
@@ -237,3 +239,19 @@ def test_separate_hypernet_encoder_restored_from_an_hf_t5(tmp_path, from_backbon
       np.testing.assert_array_equal(new[key], ckpt[key], err_msg=key)
   assert sorted(report.copied) == (henc if from_backbone else [])
   assert any("hypernet/encoder" in n for n in notes) == from_backbone
+  # The trainer's path: the HF tensors read lazily, one at a time, and only the
+  # re-initialised parameters initialised (no full random init first): the
+  # same state exactly.
+  ckpt_contents = checkpoint_formats.read_checkpoint(str(tmp_path / "hf"))
+  lazies = list(ckpt_contents.params.values())
+  assert lazies and all(isinstance(v, lazy.LazyArray) for v in lazies)
+  for key, value in ckpt_contents.params.items():
+    np.testing.assert_array_equal(np.asarray(value), ckpt[key], err_msg=key)
+  lazy_fresh = initial_restore.FreshInit(
+      ts_lib.make_init_fn(model, opt, layout, shapes), jax.random.PRNGKey(1), opt,
+      layout)
+  lazy_state, lazy_report, lazy_notes = initial_restore.restore_initial(
+      cfg_restore, opt, layout, lazy_fresh)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(lazy_state),
+               jax.device_get(state))
+  assert lazy_report == report and lazy_notes == notes
