@@ -19,7 +19,8 @@ depend on the number of hosts (a run resumes exactly on another host count).
 With the preprocessing cache (``input_cache``, gin macro ``CACHE_DIRS``; built
 by ``hyper-tasks cache``, cache.py) the examples come from the cache in the
 seekable order of seekable.py, so ``start_batch`` seeks instead of replaying
-(with packing or instruction groups it still skips batches, cheaply). That order
+(with packing or instruction groups it still skips batches, cheaply), and each
+host reads only its rows of every global batch (the same rows). That order
 is not seqio's shuffle-buffer order; ``input_cache.seekable_order`` gives it to
 uncached tasks too (rendered in memory), which is how uncached and cached runs
 are compared.
