@@ -207,9 +207,10 @@ def _run_job(job: Job, sequence_lengths: Mapping[str, int]) -> dict[str, Any]:
                      job.num_shards, job.directory)
 
 
-def _worker(register_fn, register_kwargs, sequence_lengths, jobs,
+def _worker(worker: int, register_fn, register_kwargs, sequence_lengths, jobs,
             results) -> None:
-  """A worker process: registers the sources, then writes the shards it gets."""
+  """A worker process: registers the sources, then writes the shards it is
+  sent, one at a time, until it is sent None."""
   logging.basicConfig(level=logging.WARNING)
   register_fn(**register_kwargs)
   while True:
@@ -217,11 +218,10 @@ def _worker(register_fn, register_kwargs, sequence_lengths, jobs,
     if item is None:
       return
     number, job = item
-    results.put(("start", number, os.getpid()))
     try:
-      results.put(("done", number, _run_job(job, sequence_lengths)))
+      results.put(("done", worker, number, _run_job(job, sequence_lengths)))
     except Exception:  # pylint: disable=broad-except
-      results.put(("error", number, traceback.format_exc()))
+      results.put(("error", worker, number, traceback.format_exc()))
 
 
 def _describe_job(job: Job) -> str:
@@ -232,48 +232,47 @@ def _describe_job(job: Job) -> str:
 def _run_in_processes(jobs: Sequence[Job], workers: int, register_fn,
                       register_kwargs: Mapping[str, Any],
                       sequence_lengths: Mapping[str, int]) -> None:
+  """Runs ``jobs`` in ``workers`` spawned processes. The parent hands each
+  worker one job at a time, so it knows the shard a dead worker was writing."""
   context = multiprocessing.get_context("spawn")
-  job_queue, results = context.Queue(), context.Queue()
-  for item in enumerate(jobs):
-    job_queue.put(item)
+  results = context.Queue()
+  queues = [context.Queue() for _ in range(min(workers, len(jobs)))]
   processes = [context.Process(
-      target=_worker, args=(register_fn, dict(register_kwargs),
-                            dict(sequence_lengths),
-                            job_queue, results), daemon=True)
-               for _ in range(min(workers, len(jobs)))]
-  for _ in processes:
-    job_queue.put(None)
+      target=_worker, args=(w, register_fn, dict(register_kwargs),
+                            dict(sequence_lengths), q, results), daemon=True)
+               for w, q in enumerate(queues)]
+  running: list[Optional[int]] = [None] * len(queues)
+  pending = iter(range(len(jobs)))
+
+  def dispatch(worker: int) -> None:
+    number = next(pending, None)
+    running[worker] = number
+    queues[worker].put(None if number is None else (number, jobs[number]))
+
   for p in processes:
     p.start()
-  running: dict[int, int] = {}  # pid -> job number
+  for w in range(len(queues)):
+    dispatch(w)
   done = 0
   try:
     while done < len(jobs):
       try:
-        kind, number, value = results.get(timeout=1.0)
+        kind, worker, number, value = results.get(timeout=1.0)
       except queue.Empty:
-        for p in processes:
-          if not p.is_alive() and p.exitcode != 0:
-            number = running.get(p.pid)
-            what = (_describe_job(jobs[number]) if number is not None
-                    else "before taking a shard (registration failed?)")
+        for w, p in enumerate(processes):
+          if not p.is_alive() and running[w] is not None:
             raise CacheWorkerError(
                 f"A cache worker (pid {p.pid}) died with exit code {p.exitcode} "
-                f"while writing {what}. Shards already complete are kept; run "
-                "the command again to resume.")
-        if not any(p.is_alive() for p in processes):
-          raise CacheWorkerError(f"Cache workers exited with {len(jobs) - done} "
-                                 "shards not written.")
+                f"while writing {_describe_job(jobs[running[w]])}. Shards "
+                "already complete are kept; run the command again to resume.")
         continue
-      if kind == "start":
-        running[value] = number
-      elif kind == "done":
-        done += 1
-        logging.info("cache: wrote %s (%d records).", _describe_job(jobs[number]),
-                     value["records"])
-      else:
+      if kind == "error":
         raise CacheWorkerError(f"A cache worker failed while writing "
                                f"{_describe_job(jobs[number])}:\n{value}")
+      done += 1
+      logging.info("cache: wrote %s (%d records).", _describe_job(jobs[number]),
+                   value["records"])
+      dispatch(worker)
   finally:
     for p in processes:
       if p.is_alive():
