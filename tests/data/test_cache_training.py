@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from tests.train import train_testlib as lib
+from hyper_tasks import gin_utils
 from hyper_tasks.data import cache_writer
+from hyper_tasks.data import pipeline
 from hyper_tasks.data import register
 from hyper_tasks.data import registry
 from hyper_tasks.train import optimizers
@@ -62,3 +64,14 @@ def test_training_on_the_cache_equals_training_uncached(cache_dir, tmp_path):
   resumed, _ = _train(tmp_path / "resumed", 4, cache_dirs=[cache_dir])
   for x, y in zip(_leaves(resumed.state), _leaves(cached.state)):
     np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("files", [
+    ["experiments/hint_finetune_sni.gin", "tiny.gin"],
+    ["experiments/hint_finetune_t0.gin", "runs/eval_t0.gin", "tiny.gin"]])
+def test_the_cache_dirs_macro_reaches_the_pipeline(files):
+  gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'"])
+  assert pipeline.input_cache() == ((), False)
+  gin.clear_config()
+  gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'", "CACHE_DIRS = ['/c']"])
+  assert pipeline.input_cache() == (("/c",), False)
