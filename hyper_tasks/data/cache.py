@@ -17,12 +17,14 @@ own ``_CachedDataSource``) plus what seeking needs::
 Records hold the task's tokenized, untrimmed examples (what ``task_datasets``
 gives the feature converter: token features as int32 sequences, plus the
 metadata) and, for text-level tasks, ``<feature>_pretokenized`` strings, so
-evaluation reads the exact text back. Shard ``k`` of ``n`` holds the source
-examples ``k, k + n, ...`` (the source is sharded before preprocessing). When
-each source example gives one record (SNI, P3 training tasks) the example at
-index ``j`` of the task's source order is record ``j // n`` of shard ``j % n``
-("interleaved"); otherwise (rank-classification rows, C4 cutting) the order is
-the shards one after another ("concatenated").
+evaluation reads the exact text back. When each example the source gives
+makes one record (SNI, P3 training tasks), shard ``k`` of ``n`` holds examples
+``k, k + n, ...`` of the source's output, so example ``j`` of the task's order
+(the uncached pipeline's, unshuffled) is record ``j // n`` of shard ``j % n``
+("interleaved"). Otherwise (rank-classification rows, C4 cutting) the source is
+sharded at its input and the task's order is the shards one after another
+("concatenated"; the uncached order when ``n`` is 1, which rank tasks always
+get).
 
 Settings (``hyper_tasks.<split>.json``, and again in the info file): the task,
 the split, the vocabulary (kind, size, SentencePiece sha256), the sequence
