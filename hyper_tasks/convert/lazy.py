@@ -37,7 +37,8 @@ class LazyArray:
     value = np.asarray(self._read())
     if self._transpose:
       value = value.T
-    value = np.ascontiguousarray(value, dtype=dtype or self.dtype)
+    # A transposed view, not a copy: placing it makes the one copy.
+    value = np.asarray(value, dtype=dtype or self.dtype)
     if value.shape != self.shape:
       raise ValueError(f"lazy tensor read with shape {value.shape}, header said "
                        f"{self.shape}.")
