@@ -36,6 +36,7 @@ Everything is a plain function call (``run(...)``), so a notebook can do the sam
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -152,6 +153,22 @@ def eval_task(kind: str, subset: str, shots: int) -> str:
   its instruction)."""
   return toy.task_name("concat" if kind == "concat" else "", subset,
                        f"def_pos_{shots}" if shots else "")
+
+
+def fixed_answer_row(num_test_per_op: int = 40) -> dict[str, Any]:
+  """A reference row without a model: per operation, always the test set's most
+  common answer (the best fixed answer; e.g. a word's length is 3 or 4 in 30%).
+
+  A model above it on a column has learned more than the operations' answer ranges.
+  """
+  row: dict[str, Any] = {"model": "fixed answer per op"}
+  for column, subset in EVAL_SETS:
+    answers: dict[str, collections.Counter] = {}
+    for inst in toy.instances(subset, "test", num_test_per_op=num_test_per_op):
+      answers.setdefault(inst["op"].name, collections.Counter())[inst["target"]] += 1
+    hits = sum(c.most_common(1)[0][1] for c in answers.values())
+    row[column] = 100.0 * hits / sum(sum(c.values()) for c in answers.values())
+  return row
 
 
 def instance_flops(model: EncoderDecoderModel, params, kind: str,
@@ -275,6 +292,7 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
       row["FLOPs/instance"] = flops["per_instance"]
       row["hypernet FLOPs/task"] = flops["per_task"]
       rows.append(row)
+  rows.append(fixed_answer_row())
 
   summary = {"rows": rows, "stage1_losses": pre_losses,
              "seconds": time.time() - start, "out_dir": out_dir,
@@ -345,6 +363,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
                "concatenated-instruction baseline's.")
     lines.append(text)
   key = "held-out op EM"
+  fixed = by.get("fixed answer per op")
   for kind, name in (("hint", "HINT"), ("concat", "Concatenated baseline")):
     zero = by.get(f"{kind} k=0")
     for k in few:
@@ -355,7 +374,9 @@ def verdict(rows: Sequence[dict[str, Any]]) -> str:
       lines.append(
           f"{name} with {k} examples vs zero-shot on held-out operations: "
           f"{shot[key]:.1f} vs {zero[key]:.1f} exact match "
-          f"({shot[key] - zero[key]:+.1f}); per-instance FLOPs {growth:+.1%}.")
+          f"({shot[key] - zero[key]:+.1f}"
+          + (f"; a fixed answer per operation: {fixed[key]:.1f}" if fixed else "")
+          + f"); per-instance FLOPs {growth:+.1%}.")
   return "\n".join(lines)
 
 

@@ -20,7 +20,8 @@ def test_quick_demo_produces_the_few_shot_comparison_table(tmp_path, capsys):
   table = [l for l in out.splitlines() if l.startswith("| ")]
   assert table[0].startswith("| model | seen instr. EM | held-out phrasing EM | "
                              "held-out op EM | FLOPs/instance | hypernet FLOPs/task")
-  assert [l.split("|")[1].strip() for l in table[1:]] == list(ROWS)
+  assert [l.split("|")[1].strip() for l in table[1:]] == list(ROWS) + [
+      "fixed answer per op"]
   assert "JSON report:" in out and (tmp_path / "demo_report.json").is_file()
   report = json.loads((tmp_path / "demo_report.json").read_text())
   assert report["config"]["seed"] == 3 and report["config"]["shots"] == 2
@@ -45,6 +46,7 @@ def test_quick_demo_produces_the_few_shot_comparison_table(tmp_path, capsys):
   assert rows["hint k=2"]["hypernet FLOPs/task"] > rows["hint k=0"][
       "hypernet FLOPs/task"]
   assert "HINT with 2 examples vs zero-shot on held-out operations" in out
+  assert "a fixed answer per operation: 23.8" in out  # of the full test sets
   assert "Concatenated baseline with 2 examples" in out
 
 
