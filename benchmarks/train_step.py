@@ -72,6 +72,10 @@ def parse_args(argv=None):
   p.add_argument("--torch-optimizer", choices=("adafactor", "adamw"),
                  default="adafactor")
   p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--concat", action="store_true",
+                 help="with --hint: also the concatenated-instruction baseline (plain "
+                 "T5 reading instruction + inputs as one sequence) and HINT / "
+                 "concat time ratios")
   p.add_argument("--hint", action="store_true",
                  help="also time the full HINT train step")
   p.add_argument("--instruction-len", type=int, default=256,
@@ -359,6 +363,7 @@ def main(argv=None):
         f"{common.fmt_flops(train_flops)} per step (3x analytic forward)")
 
   rows, results, overhead = [], {}, {}
+  hint_runs, versus_concat = {}, {}
 
   def report(name, r, step_flops):
     tps = tokens / r["seconds"]
@@ -394,8 +399,8 @@ def main(argv=None):
     spec = make_peft_spec(adapter_size=64, num_prefix_tokens=30)
     model = make_model(args.variant, args.size, hypernet="hint", peft_spec=spec,
                        instruction_fusion=True, dropout_rate=args.dropout,
-                       hypernet_kwargs={"num_heads": 8})
-    model = dtype(model)
+                       hypernet_kwargs={"num_heads": 8},
+                       dtype=args.compute_dtype or "float32")
     f = flops.model_flops(model, args.inputs, args.targets, args.instruction_len)
     for group in (int(g) for g in args.instruction_groups.split(",")):
       if args.batch % group:
@@ -411,8 +416,27 @@ def main(argv=None):
       name += f", {group} examples per instruction)" if group > 1 else ")"
       report(name, r, hint_flops)
       overhead[name] = (r["seconds"] / ours["seconds"], hint_flops / train_flops)
+      hint_runs[name] = (r, hint_flops)
       print(f"{name} overhead over plain T5: {overhead[name][0]:.2f}x time, "
             f"{overhead[name][1]:.2f}x FLOPs")
+    if args.concat:
+      # The baseline reads instruction + instance as one sequence per example.
+      import argparse as _argparse  # pylint: disable=g-import-not-at-top
+      cargs = _argparse.Namespace(**dict(vars(args), inputs=args.inputs
+                                         + args.instruction_len))
+      cbatch = _batch(cargs, cfg.vocab_size, np.random.RandomState(0))
+      concat_flops = 3 * args.batch * flops.backbone(
+          cfg, cargs.inputs, args.targets).per_instance
+      concat = jax_step_seconds(EncoderDecoderModel(Transformer(compute_cfg)),
+                                cbatch, args.warmup, args.steps)
+      cname = (f"concatenated instruction (plain T5, inputs {args.instruction_len}"
+               f" + {args.inputs})")
+      report(cname, concat, concat_flops)
+      for name, (r, hint_flops) in hint_runs.items():
+        versus_concat[name] = (r["seconds"] / concat["seconds"],
+                               hint_flops / concat_flops)
+        print(f"{name} / concatenated baseline: {versus_concat[name][0]:.2f}x "
+              f"time, {versus_concat[name][1]:.2f}x FLOPs")
 
   if args.record:
     lines = [
@@ -440,9 +464,21 @@ def main(argv=None):
     for name, (t, fl) in overhead.items():
       lines.append(f"\n{name}: **{t:.2f}x** the plain T5 step's time for "
                    f"{fl:.2f}x its FLOPs (overhead of the hypernetwork).")
+    for name, (t, fl) in versus_concat.items():
+      lines.append(f"\n{name} / concatenated-instruction baseline: **{t:.2f}x** "
+                   f"the time for {fl:.2f}x the FLOPs.")
+    load = os.getloadavg()
+    cores = common.usable_cores()
+    lines.append(f"\nLoad average at the end: {load[0]:.1f}/{load[1]:.1f}/"
+                 f"{load[2]:.1f} on {cores} usable cores"
+                 + (" (loaded: other jobs shared the machine; ratios are "
+                    "indicative only, not a met target)." if load[0] > 1 else "."))
     if args.note:
       lines.append("\n" + args.note)
-    common.replace_section(section_title(args, device.platform), "\n".join(lines))
+    title = section_title(args, device.platform)
+    if args.concat:
+      title += f", HINT vs concatenated (instruction {args.instruction_len})"
+    common.replace_section(title, "\n".join(lines))
   return results
 
 
