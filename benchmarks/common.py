@@ -183,3 +183,26 @@ def replace_section(title: str, body: str, path: str = RESULTS) -> None:
     text = text.rstrip("\n") + "\n\n" + section
   with open(path, "w") as f:
     f.write(text.rstrip("\n") + "\n")
+
+
+def load_note(loaded_note: str = "loaded: other jobs shared the machine") -> str:
+  """``- Load average at the end: a/b/c on N usable cores`` and, above N, a note."""
+  load = os.getloadavg()
+  cores = usable_cores()
+  return (f"- Load average at the end: {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on "
+          f"{cores} usable cores" + (f" ({loaded_note})." if load[0] > cores else "."))
+
+
+def run_worker(script: str, args: list[str], env: dict) -> dict:
+  """Runs ``python script --worker ... args`` in a fresh process (settings such as
+  the fake device count must precede jax's start) and returns the JSON it printed
+  after ``RESULT ``; exits with its stderr when it failed."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run([sys.executable, os.path.abspath(script), *args],
+                        env=dict(os.environ, **env), capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not lines:
+    sys.exit(proc.stderr[-4000:])
+  return json.loads(lines[-1][len("RESULT "):])

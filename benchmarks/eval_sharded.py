@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -97,16 +96,11 @@ def main(argv=None):
   print(f"machine: {machine}")
   results = []
   for devices in (1, args.devices):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker",
-           *(argv if argv is not None else sys.argv[1:])]
-    proc = subprocess.run([c for c in cmd if c != "--record"], env=env, cwd=REPO,
-                          capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not lines:
-      sys.exit(proc.stderr[-4000:])
-    results.append(json.loads(lines[-1][len("RESULT "):]))
+    args_list = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if a != "--record"]
+    results.append(common.run_worker(__file__, ["--worker", *args_list], dict(
+        JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")))
   one, sharded = results
   same = one["report"] == sharded["report"]
   rows = [[f"{r['devices']} device{'s' if r['devices'] > 1 else ''}"
@@ -122,8 +116,6 @@ def main(argv=None):
   print(table)
   print(summary)
   if args.record:
-    load = os.getloadavg()
-    cores = common.usable_cores()
     lines = [f"`python benchmarks/eval_sharded.py {' '.join(argv or sys.argv[1:])}`",
              "", f"- Machine: {machine}.",
              f"- Tiny HINT (adapters 16, instruction fusion, random parameters, "
@@ -132,10 +124,7 @@ def main(argv=None):
              f"{LENGTHS['hyper_inputs']}/{LENGTHS['inputs']}/{LENGTHS['targets']}, "
              f"greedy to {args.max_decode_length} tokens, batch {args.batch}; "
              "the second of two passes (the first compiles).",
-             f"- Load average at the end: {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
-             f" on {cores} usable cores"
-             + (" (loaded: other jobs shared the machine)." if load[0] > cores
-                else "."),
+             common.load_note(),
              "- The fake devices share the same 2 cores: the sharded run measures "
              "the overhead of splitting batches and gathering outputs, not a "
              "speedup; on real devices each holds its shard.",

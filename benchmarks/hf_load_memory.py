@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -148,15 +147,9 @@ def main(argv=None):
     size = write_checkpoint(args.size, path)
     print(f"checkpoint: t5_1_1/{args.size}, {size / MIB:.1f} MiB", flush=True)
     for which in ("params", "now", "previous"):
-      env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-      proc = subprocess.run(
-          [sys.executable, os.path.abspath(__file__), f"--worker={which}",
-           f"--path={path}", f"--size={args.size}"], env=env, capture_output=True,
-          text=True)
-      lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-      if proc.returncode or not lines:
-        sys.exit(proc.stderr[-4000:])
-      results.append(json.loads(lines[-1][len("RESULT "):]))
+      results.append(common.run_worker(
+          __file__, [f"--worker={which}", f"--path={path}", f"--size={args.size}"],
+          dict(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")))
   rows = [[r["path"], f"{r['peak'] / MIB:.0f} MiB", f"{r['peak'] / size:.2f}x",
            f"{r['end'] / MIB:.0f} MiB", f"{r['end'] / size:.2f}x",
            f"{r['seconds']:.1f} s"] for r in results]
@@ -165,8 +158,6 @@ def main(argv=None):
        "end / checkpoint", "time"], rows)
   print(table)
   if args.record:
-    load = os.getloadavg()
-    cores = common.usable_cores()
     lines = [f"`python benchmarks/hf_load_memory.py {' '.join(argv or sys.argv[1:])}`",
              "", f"- Machine: {machine}.",
              f"- Checkpoint: random t5_1_1/{args.size}, float32 safetensors, "
@@ -174,10 +165,7 @@ def main(argv=None):
              "Adafactor, optimizer state fresh) on one CPU device, each path in its "
              "own process. RSS sampled every 2 ms; 'end' is what stays resident "
              "(the placed parameters and the optimizer state).",
-             f"- Load average at the end: {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
-             f" on {cores} usable cores"
-             + (" (loaded: times are slow; memory is not affected)."
-                if load[0] > cores else "."),
+             common.load_note("loaded: times are slow; memory is not affected"),
              "", table]
     common.replace_section(SECTION, "\n".join(lines))
 

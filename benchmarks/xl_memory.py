@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -105,15 +104,10 @@ def main(argv=None):
           f"--targets={args.targets}"]
   depths = args.layers.split(",") if args.layers else [""]
   for policy, depth in [(p, d) for p in args.remat.split(",") for d in depths]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
-                           f"--remat={policy}", f"--layers={depth}", *base],
-                          env=env, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not lines:
-      sys.exit(proc.stderr[-4000:])
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = common.run_worker(
+        __file__, ["--worker", f"--remat={policy}", f"--layers={depth}", *base],
+        dict(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}"))
     print(result["lines"], flush=True)
     results.append(result)
   from hyper_tasks.models.config import preset  # pylint: disable=g-import-not-at-top
@@ -156,8 +150,6 @@ def main(argv=None):
        "build + lower + compile"], rows)
   print(table)
   if args.record:
-    load = os.getloadavg()
-    cores = common.usable_cores()
     lines = [f"`python benchmarks/xl_memory.py {' '.join(argv or sys.argv[1:])}`",
              "", f"- Machine: {machine}.",
              f"- t5_1_1/{args.size}, float32 parameters and compute, dual Adafactor, "
@@ -165,9 +157,7 @@ def main(argv=None):
              f"tokens, FSDP mesh data={args.devices} (fake CPU devices), compiled "
              "through the trainer's `--check --compile`; nothing allocated. "
              "Total = arguments + outputs - aliased (donated state) + temporaries.",
-             f"- Load average at the end: {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
-             f" on {cores} usable cores"
-             + (" (loaded: compile times are slow)." if load[0] > cores else "."),
+             common.load_note("loaded: compile times are slow"),
              "", table]
     common.replace_section(SECTION, "\n".join(lines))
 

@@ -24,7 +24,7 @@ assert jax.device_count() == 8, jax.devices()
 model = lib.tiny_t5(dropout_rate=0.0)
 optimizer = optimizers.adafactor_dual(backbone_lr=1e-2)
 
-def run(mesh, **kwargs):
+def run(mesh, model=model, optimizer=optimizer, **kwargs):
   return trainer.train(
       model=model, model_dir=tempfile.mkdtemp(), mixture_or_task_name="synthetic",
       num_steps=3, batch_size=8, sequence_lengths=lib.LENGTHS, optimizer=optimizer,
@@ -60,13 +60,7 @@ for name, r in runs.items():
 hint = lib.tiny_hint(dropout_rate=0.0)
 hint_opt = optimizers.adafactor_dual(backbone_lr=1e-2, hypernet_lr=1e-2)
 def run_hint(mesh, **kwargs):
-  return trainer.train(
-      model=hint, model_dir=tempfile.mkdtemp(), mixture_or_task_name="synthetic",
-      num_steps=3, batch_size=8, sequence_lengths=lib.LENGTHS, optimizer=hint_opt,
-      parallelism=train_config.Parallelism(mesh=mesh, **kwargs),
-      dataset_fn=lib.synthetic_batches,
-      summaries=train_config.Summaries(period=1, progress=False),
-      checkpointing=train_config.Checkpointing(period=1000))
+  return run(mesh, model=hint, optimizer=hint_opt, **kwargs)
 mesh42 = partitioning.make_mesh((4, 2))
 hint_runs = {
     "one": run_hint(Mesh(np.array(jax.devices()[:1]).reshape(1, 1),
