@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: install (idempotently, into .venv), then train a
 # tiny HINT in two stages (hypernetwork pretraining on the shipped text, multi-task
-# finetuning on the toy instruction tasks and the shipped SNI-format tasks), evaluate
-# zero-shot on held-out instructions, and print a table comparing HINT with the
-# concatenated-instruction baseline and the no-instruction control. CPU, minutes.
+# finetuning on the toy instruction tasks and the shipped SNI-format tasks, with and
+# without 2 positive examples per instruction), evaluate on held-out instructions and
+# operations, zero-shot and with 2 examples, and print a table comparing HINT with the
+# concatenated-instruction baseline and the no-instruction control. CPU, about 14 min
+# on a shared 2-core machine (benchmarks/RESULTS.md, "Embedded demo").
 # Extra arguments go to `python -m hyper_tasks.demo` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
