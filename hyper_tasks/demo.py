@@ -30,7 +30,9 @@ package ships (byte vocabulary, no download):
    sequence lengths (HINT: with the cached adaptation; its once-per-task
    hypernetwork cost is shown separately).
 
-It prints the comparison table and where the TensorBoard logs and JSON reports are.
+It prints the comparison table (with a reference row that needs no model: the most
+common test answer of each operation) and where the TensorBoard logs and JSON
+reports are.
 Everything is a plain function call (``run(...)``), so a notebook can do the same.
 """
 from __future__ import annotations
