@@ -136,7 +136,8 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
                hypernet_kwargs: Optional[dict] = None,
                config_overrides: Optional[dict] = None,
                remat_policy: Optional[str] = None,
-               attention_impl: Optional[str] = None) -> EncoderDecoderModel:
+               attention_impl: Optional[str] = None,
+               scan_layers: Optional[bool] = None) -> EncoderDecoderModel:
   """A (hyper-)T5 wrapped in the t5x-like model API.
 
   Args:
@@ -157,6 +158,8 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
     config_overrides: further ``T5Config`` fields (e.g. ``num_encoder_layers``).
     remat_policy: per-layer rematerialisation, "none" | "minimal" | "full"
       (``T5Config.remat_policy``; None: the config's, "none").
+    scan_layers: one ``nn.scan`` over each stack's layers (``T5Config.scan_layers``;
+      None: the config's, False); plain T5 only for now.
     attention_impl: "ours" | "xla" | "cudnn" (``T5Config.attention_impl``; None:
       the config's, "ours").
   Raises:
@@ -164,7 +167,8 @@ def make_model(variant: str = "t5_1_1", size: str = "tiny", hypernet: str = "hin
   """
   overrides = dict(config_overrides or {})
   for key, value in (("remat_policy", remat_policy),
-                     ("attention_impl", attention_impl)):
+                     ("attention_impl", attention_impl),
+                     ("scan_layers", scan_layers)):
     if value is not None:
       if key in overrides and overrides[key] != value:
         raise ValueError(f"make_model: {key}={value!r} contradicts "

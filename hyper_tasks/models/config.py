@@ -53,6 +53,12 @@ class T5Config:
   # outputs of the weight matmuls (``dots_with_no_batch_dims_saveable``), "full"
   # keeps only each layer's inputs. Gradients are the same; memory and time differ.
   remat_policy: str = "none"
+  # One ``nn.scan`` over each stack's layers (MaxText's ``scan_layers``): the
+  # parameters of ``layers_0 .. layers_{L-1}`` become one ``layers`` subtree with a
+  # leading axis (logical name "layers"), compiled once per stack, so compile time
+  # hardly grows with depth. Same outputs and gradients. Plain T5 only (generated
+  # per-layer adaptations are not scanned yet: a clear error).
+  scan_layers: bool = False
   # Attention kernel (see ``ATTENTION_IMPLS``): "ours" (einsums + softmax), "xla"
   # (``jax.nn.dot_product_attention`` lowered by XLA), "cudnn" (its cuDNN fused
   # kernel on GPU; falls back to "ours", logged with the reason, where its

@@ -11,6 +11,12 @@ the parameter tree is unchanged): "minimal" saves the weight matmuls' outputs
 elementwise results are recomputed), "full" saves nothing inside a layer
 (``nothing_saveable``). Cached decoding and the instruction's cross keys/values
 never rematerialise (no backward pass).
+
+``T5Config.scan_layers`` runs each stack's layers as one ``nn.scan`` (``scan_stack``):
+parameters ``layers/...`` stacked on a leading axis instead of ``layers_<i>/...``
+(``models.scan_params`` converts between the two), dropout keys split per layer,
+the decoding cache stacked the same way. Plain T5 only: a stack given generated
+adaptations raises (they are per layer and not stacked yet).
 """
 from __future__ import annotations
 
@@ -47,6 +53,29 @@ def remat_layer(cls, policy: str, static_argnums: tuple):
     return cls
   check_choice("remat_policy", policy, ("none",) + tuple(_REMAT))
   return nn.remat(cls, policy=_REMAT[policy], static_argnums=static_argnums)
+
+
+def scan_stack(layer_cls, num_layers: int, num_broadcast: int):
+  """``nn.scan`` of ``layer_cls`` over ``num_layers`` layers: the carry is the
+  first argument, the next ``num_broadcast`` are the same for every layer;
+  parameters and cache stacked on axis 0 (logical "layers")."""
+  return nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
+                 split_rngs={"params": True, "dropout": True},
+                 in_axes=(nn.broadcast,) * num_broadcast, length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: "layers"})
+
+
+def _check_scannable(adaptation: Optional[Adaptation], stack: str) -> None:
+  if adaptation is not None:
+    _scan_unsupported(stack)
+
+
+def _scan_unsupported(stack: str) -> None:
+  raise ValueError(
+      f"T5Config.scan_layers: the {stack}'s layers are given an adaptation "
+      "(hypernetwork or static PEFT slots, instruction fusion); per-layer "
+      "adaptations are not scanned yet. Use scan_layers=False "
+      "(models.make_model.scan_layers) for this model.")
 
 
 def _site_slots(adaptation: Optional[Adaptation], stack: str, layer: int, module: str):
@@ -106,6 +135,7 @@ class _Layer(nn.Module):
   layer: int
   lora_scales: Optional[dict] = None
   adapter_activation: str = "relu"
+  scanned: bool = False  # Under scan_stack: return (output, None).
 
 
 class EncoderLayer(_Layer):
@@ -125,7 +155,8 @@ class EncoderLayer(_Layer):
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(x)
     m = MlpBlock(cfg, self.lora_scales, name="mlp")(y, slots, deterministic)
     x = x + drop(_add_adapter(m, y, slots, act), deterministic=deterministic)
-    return constrain(x, ("batch", "length", "embed"))
+    x = constrain(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
 
 
 class DecoderLayer(_Layer):
@@ -163,7 +194,8 @@ class DecoderLayer(_Layer):
     y = RMSNorm(eps, cfg.dtype, name="pre_mlp_layer_norm")(x)
     m = MlpBlock(cfg, self.lora_scales, name="mlp")(y, slots, deterministic)
     x = x + drop(_add_adapter(m, y, slots, act), deterministic=deterministic)
-    return constrain(x, ("batch", "length", "embed"))
+    x = constrain(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
 
 
 def _positions(mask_or_tokens, positions):
@@ -202,7 +234,12 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x.astype(cfg.dtype), deterministic=deterministic)
     # x, bias, mask, adaptation, deterministic (static)
     layer_cls = remat_layer(EncoderLayer, cfg.remat_policy, (5,))
-    for i in range(cfg.num_encoder_layers):
+    if cfg.scan_layers:
+      _check_scannable(adaptation, "encoder")
+      x, _ = scan_stack(layer_cls, cfg.num_encoder_layers, 4)(
+          cfg, 0, self.lora_scales, self.adapter_activation, scanned=True,
+          name="layers")(x, bias, attn_mask, None, deterministic)
+    for i in range(0 if cfg.scan_layers else cfg.num_encoder_layers):
       x = layer_cls(cfg, i, self.lora_scales, self.adapter_activation,
                     name=f"layers_{i}")(x, bias, attn_mask, adaptation,
                                         deterministic)
@@ -246,6 +283,8 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     if cross_kv_only:  # see instruction_kv
+      if cfg.scan_layers:
+        _scan_unsupported("decoder")
       return {f"layers_{i}": DecoderLayer(
           cfg, i, self.lora_scales, self.adapter_activation, name=f"layers_{i}")(
               None, encoded, None, None, None, adaptation, cross_kv_only=True)
@@ -273,7 +312,13 @@ class Decoder(nn.Module):
     # y, encoded, biases/masks, adaptation, deterministic and decode (static)
     layer_cls = remat_layer(DecoderLayer, "none" if decode else cfg.remat_policy,
                             (7, 8))
-    for i in range(cfg.num_decoder_layers):
+    if cfg.scan_layers:
+      _check_scannable(adaptation, "decoder")
+      y, _ = scan_stack(layer_cls, cfg.num_decoder_layers, 7)(
+          cfg, 0, self.lora_scales, self.adapter_activation, scanned=True,
+          name="layers")(y, encoded, self_bias, self_mask, cross_mask, None,
+                         deterministic, decode)
+    for i in range(0 if cfg.scan_layers else cfg.num_decoder_layers):
       y = layer_cls(cfg, i, self.lora_scales, self.adapter_activation,
                        name=f"layers_{i}")(
           y, encoded, self_bias, self_mask, cross_mask, adaptation, deterministic,

@@ -36,6 +36,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from hyper_tasks import tree_utils
+from hyper_tasks.models import scan_params
 
 Replacement = Union[None, str, Sequence[str]]
 AssignmentMap = Sequence[tuple[str, Replacement]]
@@ -186,6 +187,8 @@ def restore_params(target_shapes: Mapping[str, Any],
   targets = _as_flat(target_shapes)
   report = RestoreReport()
   ckpt = apply_assignment_map(_as_flat(flat_ckpt), assignment_map, report)
+  # A scanned model (T5Config.scan_layers) from per-layer checkpoints, and back.
+  ckpt = scan_params.adapt_to_targets(ckpt, targets)
   init = _as_flat(init_params) if init_params is not None else None
   reinit_res = [re.compile(p) for p in reinit_patterns]
   copied = _copy_prefixes(ckpt, targets, prefix_copies)
