@@ -102,14 +102,17 @@ def backbone_config(size: str = "tiny", **overrides):
 
 
 def build_model(kind: str, cfg, adapter_size: int = 16,
-                num_prefix_tokens: int = 8) -> EncoderDecoderModel:
-  """``hint``, ``concat`` (no hypernetwork) or ``no-instr`` (fixed instruction)."""
+                num_prefix_tokens: int = 8,
+                fusion: bool = True) -> EncoderDecoderModel:
+  """``hint``, ``concat`` (no hypernetwork) or ``no-instr`` (fixed instruction);
+  ``fusion``: HINT's instruction fusion (the decoder also attends to the encoded
+  instruction, so each instance pays for the instruction's length a little)."""
   if kind == "concat":
     return EncoderDecoderModel(Transformer(cfg))
   spec = builders.make_peft_spec(adapter_size=adapter_size,
                                  num_prefix_tokens=num_prefix_tokens)
   net = make_hypernet("hint", cfg, spec, dropout_rate=0.0)
-  return EncoderDecoderModel(Transformer(cfg, spec, net, instruction_fusion=True,
+  return EncoderDecoderModel(Transformer(cfg, spec, net, instruction_fusion=fusion,
                                          no_instruction=kind == "no-instr"))
 
 
@@ -232,12 +235,13 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
         models: Sequence[str] = MODELS, size_overrides: Optional[dict] = None,
         progress: bool = False, max_eval_examples: Optional[int] = None,
         compiler_options: Optional[dict] = None, seed: int = 0,
-        shots: int = SHOTS) -> dict[str, Any]:
+        shots: int = SHOTS, fusion: bool = True) -> dict[str, Any]:
   """Runs the whole demo; returns ``{"rows": [...], "report_path": ...}``.
 
   ``seed`` sets parameter initialisation and the training data order of every stage
   (the three stage-2 models share it, so they see the same batches). ``shots``: the
-  positive examples per instruction of the few-shot rows (and of training).
+  positive examples per instruction of the few-shot rows (and of training);
+  ``fusion``: HINT's (and the control's) instruction fusion, in both stages.
   """
   start = time.time()
   out_dir = os.path.abspath(out_dir)
@@ -248,14 +252,14 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
   # Stage 1: hypernetwork pretraining (HINT architecture, from scratch here; with a
   # real T5 this stage restores the HF backbone, see gin/restore/restore_pretrained).
   pre_dir = os.path.join(out_dir, "stage1_pretrain")
-  hint = build_model("hint", cfg)
+  hint = build_model("hint", cfg, fusion=fusion)
   _, pre_losses = _train("hint (stage 1)", hint, pre_dir, "embedded_pretrain",
                          pretrain_steps, batch_size, PRETRAIN_LENGTHS, None, lr,
                          log_every, compiler_options, seed=seed)
 
   rows, reports = [], {}
   for kind in models:
-    model = build_model(kind, cfg)
+    model = build_model(kind, cfg, fusion=fusion)
     restore = initial_restore.InitialRestore(
         path=pre_dir, format="ours",
         # The baseline has no hypernetwork: its stage-1 parameters are left unused.
@@ -301,6 +305,7 @@ def run(out_dir: str, pretrain_steps: int = 60, finetune_steps: int = 600,
              "config": {"pretrain_steps": pretrain_steps,
                         "finetune_steps": finetune_steps, "batch_size": batch_size,
                         "lr": lr, "seed": seed, "shots": shots,
+                        "fusion": fusion,
                         "train_mixture": [(p.format(f="", k=shots), r)
                                           for p, r in TRAIN_PARTS],
                         "backbone": {k: str(v) for k, v in vars(cfg).items()}}}
@@ -398,6 +403,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--shots", type=int, default=SHOTS,
                       help="positive examples per instruction in the few-shot "
                       f"rows and in training (1 to {toy.MAX_SHOTS})")
+  parser.add_argument("--no_fusion", action="store_true",
+                      help="HINT without instruction fusion: the examples reach "
+                      "only the hypernetwork (per-instance cost independent of k)")
   parser.add_argument("--quick", action="store_true",
                       help="a few steps only: checks the pipeline, not learning")
   args = parser.parse_args(argv)
@@ -415,7 +423,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   summary = run(args.out_dir, args.pretrain_steps, args.finetune_steps,
                 args.batch_size, args.lr, args.log_every, models,
                 max_eval_examples=max_eval, compiler_options=options,
-                seed=args.seed, shots=args.shots)
+                seed=args.seed, shots=args.shots,
+                fusion=not args.no_fusion)
   print("\n" + format_table(summary["rows"]))
   text = verdict(summary["rows"])
   if text:

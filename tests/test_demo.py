@@ -1,6 +1,7 @@
 """The embedded demo's pipeline end to end (a few steps: plumbing, not learning)."""
 import json
 
+import jax
 import pytest
 
 from hyper_tasks import demo
@@ -54,3 +55,21 @@ def test_demo_rejects_more_examples_than_the_toy_tasks_have(tmp_path):
   with pytest.raises(ValueError, match=r"shots=5 positive examples asked; the toy "
                                        r"tasks have 1 to 4"):
     demo.run(str(tmp_path), shots=5)
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_examples_cost_hint_per_instance_only_through_fusion(fusion):
+  """The examples reach HINT's hypernetwork (once per task); per instance they
+  cost only instruction fusion's extra cross-attention keys."""
+  cfg = demo.backbone_config()
+  model = demo.build_model("hint", cfg, fusion=fusion)
+  params = model.get_initial_variables(
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (2, 8),
+                              "decoder_input_tokens": (2, 4)}, boxed=False)["params"]
+  zero = demo.instance_flops(model, params, "hint", shots=0)
+  few = demo.instance_flops(model, params, "hint", shots=2)
+  assert few["per_task"] > 2 * zero["per_task"]
+  if fusion:
+    assert zero["per_instance"] < few["per_instance"] < 1.15 * zero["per_instance"]
+  else:
+    assert few["per_instance"] == zero["per_instance"]
