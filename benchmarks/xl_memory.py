@@ -39,6 +39,9 @@ def parse_args(argv=None):
   p.add_argument("--inputs", type=int, default=1024)
   p.add_argument("--targets", type=int, default=128)
   p.add_argument("--remat", default="none,full")
+  p.add_argument("--scan", action="store_true",
+                 help="scan_layers: one nn.scan per stack (compiles the full depth "
+                 "quickly)")
   p.add_argument("--layers", default="",
                  help="comma-separated layer counts per stack to compile instead of "
                  "the full depth (e.g. 2,4); the per-device memory is then "
@@ -60,7 +63,8 @@ def worker(args) -> dict:
                 "num_decoder_layers": int(args.layers)} if args.layers else None)
   model = builders.make_model("t5_1_1", args.size, hypernet="none", dropout_rate=0.0,
                               remat_policy=args.remat, dtype="float32",
-                              config_overrides=overrides)
+                              config_overrides=overrides,
+                              scan_layers=args.scan)
   lengths = {"hyper_inputs": 8, "inputs": args.inputs, "targets": args.targets}
 
   def batches(start_batch=0, shard_id=0, num_shards=1, batch_size=8):
@@ -83,7 +87,8 @@ def worker(args) -> dict:
       dataset_fn=batches, check=preflight.CheckOptions(compile=True))
   values = report.values
   mem = values["memory_analysis"]
-  return {"remat": args.remat, "seconds": time.perf_counter() - start,
+  return {"remat": args.remat + (", scan" if args.scan else ""),
+          "seconds": time.perf_counter() - start,
           "layers": model.config.num_encoder_layers,
           "params": sum(values["params_per_group"].values()),
           "param_bytes": values["param_bytes_per_device"],
@@ -101,7 +106,7 @@ def main(argv=None):
   results = []
   base = [f"--size={args.size}", f"--devices={args.devices}",
           f"--batch={args.batch}", f"--inputs={args.inputs}",
-          f"--targets={args.targets}"]
+          f"--targets={args.targets}"] + (["--scan"] if args.scan else [])
   depths = args.layers.split(",") if args.layers else [""]
   for policy, depth in [(p, d) for p in args.remat.split(",") for d in depths]:
     result = common.run_worker(
@@ -131,7 +136,7 @@ def main(argv=None):
                  f"{temp / GIB:.2f} GiB", f"{tot / GIB:.2f} GiB",
                  f"{r['seconds']:.0f} s"])
   # Linear in depth: extrapolate two compiled depths to the real one.
-  for policy in args.remat.split(","):
+  for policy in sorted({r["remat"] for r in results}):
     runs = sorted((r for r in results if r["remat"] == policy),
                   key=lambda r: r["layers"])
     if len(runs) >= 2 and runs[-1]["layers"] != depth:
@@ -159,7 +164,8 @@ def main(argv=None):
              "Total = arguments + outputs - aliased (donated state) + temporaries.",
              common.load_note("loaded: compile times are slow"),
              "", table]
-    common.replace_section(SECTION, "\n".join(lines))
+    common.replace_section(SECTION + (", scan_layers" if args.scan else ""),
+                           "\n".join(lines))
 
 
 if __name__ == "__main__":
