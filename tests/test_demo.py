@@ -7,10 +7,11 @@ import pytest
 from hyper_tasks import demo
 
 
-# HINT and the concatenated baseline; the no-instruction control is HINT with one
-# flag (tests/models cover it), so the suite skips its third training here.
-MODELS = ("hint", "concat")
-ROWS = ("hint k=0", "hint k=2", "concat k=0", "concat k=2")
+# HINT only: the concatenated baseline and the no-instruction control run the same
+# stage-2 code with another model (their FLOPs are checked below without training,
+# and `bash scripts/local.sh` runs all three); this keeps the suite's time down.
+MODELS = ("hint",)
+ROWS = ("hint k=0", "hint k=2")
 
 
 def test_quick_demo_produces_the_few_shot_comparison_table(tmp_path, capsys):
@@ -37,19 +38,30 @@ def test_quick_demo_produces_the_few_shot_comparison_table(tmp_path, capsys):
         in evals
     assert list((tmp_path / f"stage2_{kind}" / "train").iterdir())
   rows = {r["model"]: r for r in report["rows"]}
-  # Per-instance inference: HINT's is cheaper than the baseline's; the examples
-  # cost HINT little per instance (they go to the once-per-task hypernetwork and
-  # fused cross-attention keys) and the baseline their whole length.
+  # The examples cost HINT little per instance (they go to the once-per-task
+  # hypernetwork and fused cross-attention keys).
   flops = {m: rows[m]["FLOPs/instance"] for m in ROWS}
-  assert flops["hint k=0"] < flops["concat k=0"]
-  assert flops["hint k=2"] < 1.15 * flops["hint k=0"]
-  assert flops["concat k=2"] > 2 * flops["concat k=0"]
+  assert flops["hint k=0"] < flops["hint k=2"] < 1.15 * flops["hint k=0"]
   assert rows["hint k=2"]["hypernet FLOPs/task"] > rows["hint k=0"][
       "hypernet FLOPs/task"]
   assert "HINT with 2 examples vs zero-shot on held-out operations" in out
   assert "a fixed answer per operation: 23.8" in out  # of the full test sets
-  assert "Concatenated baseline with 2 examples" in out
 
+
+def test_concat_baseline_pays_for_the_examples_in_every_instance():
+  """Per-instance inference FLOPs: HINT's are below the concatenated baseline's,
+  and the baseline's grow with the examples' whole length."""
+  cfg = demo.backbone_config()
+  shapes = {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 4)}
+  cost = {}
+  for kind, shots in (("hint", 0), ("concat", 0), ("concat", 2)):
+    model = demo.build_model(kind, cfg)
+    params = model.get_initial_variables(jax.random.PRNGKey(0), shapes,
+                                         boxed=False)["params"]
+    cost[kind, shots] = demo.instance_flops(model, params, kind,
+                                            shots=shots)["per_instance"]
+  assert cost["hint", 0] < cost["concat", 0]
+  assert cost["concat", 2] > 2 * cost["concat", 0]  # HINT's: the test below.
 
 def test_demo_rejects_more_examples_than_the_toy_tasks_have(tmp_path):
   with pytest.raises(ValueError, match=r"shots=5 positive examples asked; the toy "
