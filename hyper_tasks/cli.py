@@ -144,20 +144,10 @@ def cache(argv: Sequence[str]) -> int:
   p.add_argument("--num_shards", type=int, default=None,
                  help="Shards per task split (default: 1 when at least --workers "
                  "task splits are cached, else --workers).")
-  p.add_argument("--vocab", default="byte",
-                 help='"byte" or a SentencePiece model (or its folder).')
-  p.add_argument("--sni_dir", help="Super-NaturalInstructions checkout.")
-  p.add_argument("--sni_allow_missing_tasks", action="store_true",
-                 help="Skip split-listed SNI tasks without a file.")
-  p.add_argument("--sni_skip_bad_files", action="store_true",
-                 help="Skip malformed SNI task files (logged).")
+  data_cli.add_source_flags(p)
   p.add_argument("--sni_max_instances_per_task", type=int, default=100)
-  p.add_argument("--p3_templates", help="promptsource templates folder.")
-  p.add_argument("--p3_data", help="P3 data folder (<dataset>/<subset>/"
-                 "<split>.jsonl).")
   p.add_argument("--p3_instruction", default="template",
                  help='"template" or "prompt" (register_all.p3_instruction).')
-  p.add_argument("--c4_path", help='"tfds" or local C4 files.')
   args = p.parse_args(argv)
   try:
     lengths = dict(zip(("hyper_inputs", "inputs", "targets"),

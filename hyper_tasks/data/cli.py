@@ -25,7 +25,8 @@ from hyper_tasks.data import register
 from hyper_tasks.data import vocab as vocab_lib
 
 
-def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+def add_source_flags(parser: argparse.ArgumentParser) -> None:
+  """The data-source flags of ``list``, ``show`` and ``cache``."""
   parser.add_argument("--vocab", default=vocab_lib.BYTE,
                       help='"byte" or a SentencePiece model (or its folder).')
   parser.add_argument("--sni_dir", help="Super-NaturalInstructions checkout.")
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
   list_parser = sub.add_parser("list", help="Registered tasks and mixtures.")
   list_parser.add_argument("pattern", nargs="?", default=None,
                            help="Glob over names, e.g. 'sni_*_test'.")
-  _add_source_flags(list_parser)
+  add_source_flags(list_parser)
   show = sub.add_parser("show", help="A few examples of a task or mixture.")
   show.add_argument("name")
   show.add_argument("--split", default=None,
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
   show.add_argument("--lengths", default="512,512,128",
                     help="hyper_inputs,inputs,targets lengths for token-level "
                     "tasks (C4 cutting).")
-  _add_source_flags(show)
+  add_source_flags(show)
   return parser
 
 
