@@ -148,14 +148,18 @@ class AdaptationCache:
         new[key] = i
     if not new:
       return 0
+    self._encode_new(tokens, new)
+    self._fresh.update(new)
+    self._evict()
+    return len(new)
+
+  def _encode_new(self, tokens: np.ndarray, new: dict[bytes, int]) -> None:
+    """One hypernetwork call for the rows ``new`` (key -> row of ``tokens``)."""
     batch = self.encode_instruction(tokens[np.asarray(list(new.values()))])
     for j, key in enumerate(new):
       self._store(key, batch.index(j))
-      self._fresh.add(key)
     self.hypernet_runs += len(new)
     self.hypernet_calls += 1
-    self._evict()
-    return len(new)
 
   def encode_instruction(self, hyper_encoder_input_tokens) -> Adaptation:
     """The jitted, uncached hypernetwork: ``[B, Lh]`` -> batched ``Adaptation``."""
@@ -224,11 +228,7 @@ class AdaptationCache:
         self.misses += 1
         self.hits += count - 1
     if new:
-      batch = self.encode_instruction(tokens[np.asarray(list(new.values()))])
-      for j, key in enumerate(new):
-        self._store(key, batch.index(j))
-      self.hypernet_runs += len(new)
-      self.hypernet_calls += 1
+      self._encode_new(tokens, new)
     entries = [self._entries[k] for k in keys]
     for key in dict.fromkeys(keys):
       self._entries.move_to_end(key)
