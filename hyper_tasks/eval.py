@@ -44,12 +44,16 @@ _configurable = (gin.configurable(module="hyper_tasks.eval")
                  if __name__ != "__main__" else (lambda fn: fn))
 
 
+def _boxed_params(model, sequence_lengths: Mapping[str, int]) -> Any:
+  """The model's parameter shapes with their logical axes (no allocation)."""
+  shapes = train_state.init_input_shapes(sequence_lengths)
+  return jax.eval_shape(lambda k: model.get_initial_variables(k, shapes)["params"],
+                        jax.random.PRNGKey(0))
+
+
 def abstract_params(model, sequence_lengths: Mapping[str, int]) -> Any:
   """The model's parameter shapes (no allocation)."""
-  shapes = train_state.init_input_shapes(sequence_lengths)
-  boxed = jax.eval_shape(lambda k: model.get_initial_variables(k, shapes)["params"],
-                         jax.random.PRNGKey(0))
-  return train_state.unbox(boxed)
+  return train_state.unbox(_boxed_params(model, sequence_lengths))
 
 
 def checkpoint_steps_to_load(model_dir: str, checkpoint_path: Optional[str],
@@ -81,10 +85,8 @@ def param_placement(model, sequence_lengths: Mapping[str, int],
   default: the gin-configured ``train.Parallelism()``)."""
   parallelism = train_config.Parallelism() if parallelism is None else parallelism
   mesh, rules = partitioning.mesh_and_rules(parallelism)
-  shapes = train_state.init_input_shapes(sequence_lengths)
-  boxed = jax.eval_shape(lambda k: model.get_initial_variables(k, shapes)["params"],
-                         jax.random.PRNGKey(0))
-  return mesh, partitioning.params_shardings(boxed, mesh, rules)
+  return mesh, partitioning.params_shardings(_boxed_params(model, sequence_lengths),
+                                             mesh, rules)
 
 
 def load_model_params(model, path: str, step: Optional[int],
