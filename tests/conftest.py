@@ -7,6 +7,17 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # XLA compiles threefry random bits (dropout masks) very slowly on CPU; rbg keys
 # compile ~8x faster and are just as deterministic.
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
+# Compilation is most of the suite's time. Tiny models run in milliseconds, so skip
+# LLVM's expensive passes (HLO passes, hence fusion and numerics, are unchanged:
+# jax_disable_most_optimizations sets xla_backend_optimization_level=0), and share
+# every compiled executable through the persistent cache, across test modules and
+# the subprocesses the suite launches (notebook kernels, the demo, scripts,
+# multi-process workers), all of which inherit these variables.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    __import__("tempfile").gettempdir(), "hyper_tasks_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pathlib
 
