@@ -1,5 +1,6 @@
 """Shared test setup: CPU only, quiet TensorFlow, and the optional real data folder."""
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -8,14 +9,15 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # compile ~8x faster and are just as deterministic.
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
 # Compilation is most of the suite's time. Tiny models run in milliseconds, so skip
-# LLVM's expensive passes (HLO passes, hence fusion and numerics, are unchanged:
-# jax_disable_most_optimizations sets xla_backend_optimization_level=0), and share
+# LLVM's expensive passes (jax_disable_most_optimizations sets
+# xla_backend_optimization_level=0; the HLO passes are unchanged, results can differ
+# from fully optimised programs in the last bit), and share
 # every compiled executable through the persistent cache, across test modules and
 # the subprocesses the suite launches (notebook kernels, the demo, scripts,
 # multi-process workers), all of which inherit these variables.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    __import__("tempfile").gettempdir(), "hyper_tasks_test_jax_cache"))
+    tempfile.gettempdir(), "hyper_tasks_test_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
